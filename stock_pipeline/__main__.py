@@ -1,0 +1,3 @@
+from stock_pipeline.cli import main
+
+main()

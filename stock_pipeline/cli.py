@@ -1,0 +1,461 @@
+"""The command line: the only code that reads argv and the environment, prints, or picks an exit code."""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import logging
+import os
+import sys
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from pathlib import Path
+from typing import Annotated, Any
+
+import aiohttp
+import typer
+from dotenv import load_dotenv
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.table import Table
+
+from stock_pipeline import __version__
+from stock_pipeline.config import (
+    DEFAULT_CONCURRENCY,
+    DEFAULT_LAKE,
+    DEFAULT_TICKERS_PATH,
+    Settings,
+    parse_datasets,
+    read_tickers,
+)
+from stock_pipeline.datasets import DEFAULT_DATASETS, schema_markdown
+from stock_pipeline.errors import ConfigError, ExitCode, FmpAuthError, StockPipelineError
+from stock_pipeline.fmp import (
+    DEFAULT_BASE_URL,
+    DEFAULT_RATE_LIMIT,
+    FmpClient,
+    RequestPacer,
+    RetryPolicy,
+    redact,
+)
+from stock_pipeline.lake import Lake, open_lake, read_manifests
+from stock_pipeline.market_calendar import last_completed_session
+from stock_pipeline.pipeline import (
+    Plan,
+    ProgressEvent,
+    RunReport,
+    new_run_id,
+    plan_run,
+    resolve_range,
+    run_ingest,
+)
+
+__all__ = ["app", "ingest_main", "main"]
+
+log = logging.getLogger("stock_pipeline")
+# Off a terminal (cron logs, CI) rich would wrap the summary at 80 columns; give it room.
+out = Console(width=None if sys.stdout.isatty() else 160)
+err = Console(stderr=True)
+
+app = typer.Typer(
+    name="stock-pipeline",
+    help="Land FMP prices, financial statements and profiles in a day-partitioned Parquet lake.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+)
+
+DEMO_KEY = "demo"
+
+
+def _date(value: str | None) -> dt.date | None:
+    if value is None:
+        return None
+    try:
+        return dt.date.fromisoformat(value)
+    except ValueError:
+        raise typer.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from None
+
+
+def _fail(error: StockPipelineError | str, code: ExitCode, secret: str | None) -> typer.Exit:
+    err.print(f"[bold red]error:[/] {redact(str(error), secret)}", highlight=False)
+    return typer.Exit(int(code))
+
+
+def _last_landed(lake: Lake, datasets: tuple[str, ...]) -> dt.date | None:
+    """The newest session a successful run landed for every price dataset asked for now."""
+    wanted = [d for d in datasets if d in ("prices", "adjusted_prices")]
+    if not wanted:
+        return None
+    ends = [
+        dt.date.fromisoformat(m["range"]["end"])
+        for m in read_manifests(lake)
+        if m.get("status") == "ok" and all(d in m.get("datasets", ()) for d in wanted)
+    ]
+    return max(ends, default=None)
+
+
+def _print_plan(plan: Plan, settings: Settings) -> None:
+    table = Table(title=f"Plan for run {plan.run_id}", show_lines=False)
+    table.add_column("dataset")
+    table.add_column("requests", justify="right")
+    for name, count in plan.requests_by_dataset().items():
+        table.add_row(name, f"{count:,}")
+    table.add_row("[bold]total", f"[bold]{len(plan.requests):,}")
+    out.print(table)
+    out.print(
+        f"sessions: {len(plan.sessions)} ({plan.start} to {plan.end})\n"
+        f"symbols: {len(plan.symbols)} ({', '.join(plan.symbols[:8])}"
+        f"{', ...' if len(plan.symbols) > 8 else ''})\n"
+        f"statements period: {plan.period}\n"
+        f"estimated time at {settings.rate_limit} requests/minute: "
+        f"{plan.estimated_minutes(settings.rate_limit):.1f} minutes\n"
+        f"lake: {settings.lake}",
+        highlight=False,
+    )
+
+
+def _human_bytes(size: float) -> str:
+    for unit in ("B", "KB", "MB", "GB"):
+        if size < 1024 or unit == "GB":
+            return f"{size:,.0f} {unit}" if unit == "B" else f"{size:,.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+def _print_summary(report: RunReport) -> None:
+    table = Table(title=f"Run {report.run_id}: {report.status}")
+    for heading in ("dataset", "symbols ok", "failed", "rows", "quarantined", "files", "size",
+                    "requests", "retries", "rate-limited", "seconds"):  # fmt: skip
+        table.add_column(heading, justify="left" if heading == "dataset" else "right")
+    for s in report.summaries:
+        table.add_row(
+            s.dataset, f"{s.symbols_ok:,}", f"{s.symbols_failed:,}", f"{s.rows:,}",
+            f"{s.quarantined:,}", f"{s.files:,}", _human_bytes(s.bytes), f"{s.requests:,}",
+            f"{s.retries:,}", f"{s.rate_limited:,}", f"{s.seconds:.1f}",
+        )  # fmt: skip
+    out.print(table)
+    for s in report.summaries:
+        if s.symbols_without_data:
+            names = ", ".join(s.symbols_without_data[:10])
+            more = len(s.symbols_without_data) - 10
+            out.print(
+                f"[yellow]{s.dataset}: FMP had no data for {names}"
+                f"{f' and {more} more' if more > 0 else ''}[/]",
+                highlight=False,
+            )
+    if report.failures:
+        out.print(f"[red]{len(report.failures)} failure(s):[/]")
+        for failure in report.failures[:20]:
+            out.print(
+                f"  {failure.dataset} {failure.symbol or ''}: {failure.error}", highlight=False
+            )
+        if len(report.failures) > 20:
+            out.print(f"  ... and {len(report.failures) - 20} more, all listed in the manifest")
+    manifest = report.manifest.path if report.manifest else "(not written)"
+    out.print(f"lake: {report.lake}\nmanifest: {manifest}", highlight=False)
+
+
+@contextmanager
+def _progress_reporter(total: int) -> Iterator[Callable[[ProgressEvent], None]]:
+    """A live bar on a terminal; otherwise a log line every 10% of requests."""
+    if err.is_terminal:
+        with Progress(
+            TextColumn("[progress.description]{task.description}"),
+            BarColumn(),
+            MofNCompleteColumn(),
+            TextColumn("rows {task.fields[rows]:,} errors {task.fields[errors]}"),
+            TimeRemainingColumn(),
+            console=err,
+            transient=True,
+        ) as bar:
+            task = bar.add_task("requests", total=total, rows=0, errors=0)
+
+            def update(event: ProgressEvent) -> None:
+                bar.update(
+                    task, completed=event.requests_done, total=event.requests_total,
+                    rows=event.rows, errors=event.errors,
+                )  # fmt: skip
+
+            yield update
+        return
+    step = max(1, total // 10)
+    last = [-1]
+    started = time.monotonic()
+
+    def log_line(event: ProgressEvent) -> None:
+        bucket = event.requests_done // step
+        if bucket != last[0] or event.requests_done == event.requests_total:
+            last[0] = bucket
+            log.info(
+                "progress: %d/%d requests, %d rows, %d errors, %.0f s",
+                event.requests_done, event.requests_total, event.rows, event.errors,
+                time.monotonic() - started,
+            )  # fmt: skip
+
+    yield log_line
+
+
+async def _execute(plan: Plan, settings: Settings, lake: Lake, started: dt.datetime) -> RunReport:
+    assert settings.api_key is not None
+    connector = aiohttp.TCPConnector(limit=settings.concurrency)
+    async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
+        client = FmpClient(
+            session=session,
+            base_url=settings.fmp_base_url,
+            api_key=settings.api_key,
+            pacer=RequestPacer(settings.rate_limit),
+            concurrency=settings.concurrency,
+            timeout=settings.timeout,
+            retry=RetryPolicy(
+                attempts=settings.retry_attempts, base_delay=settings.retry_base_delay
+            ),
+        )
+        parameters: dict[str, Any] = {
+            "datasets": list(settings.datasets),
+            "period": settings.period,
+            "rate_limit": settings.rate_limit,
+            "concurrency": settings.concurrency,
+            "fmp_base_url": settings.fmp_base_url,
+            "tickers_path": str(settings.tickers_path),
+            "backfill_days": settings.backfill_days,
+            "version": __version__,
+        }
+        with _progress_reporter(len(plan.requests)) as progress:
+            return await run_ingest(
+                plan,
+                client=client,
+                lake=lake,
+                started_at=started,
+                parameters=parameters,
+                progress=progress,
+            )
+
+
+def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = None) -> ExitCode:
+    """Everything `ingest` does after parsing options; returns the exit code."""
+    secret = settings.api_key
+    started = now or dt.datetime.now(dt.UTC)
+    try:
+        symbols = read_tickers(settings.tickers_path)
+        if settings.api_key is None and not dry_run:
+            raise ConfigError(
+                "FMP_API_KEY is not set; export it or put it in a .env file "
+                "(`stock-pipeline demo` runs without one)"
+            )
+        lake = open_lake(settings.lake, sse=settings.sse, kms_key_id=settings.kms_key_id)
+        lake.check()
+        end = settings.end or last_completed_session(started)
+        last = None
+        if settings.start is None and settings.backfill_days is None:
+            last = _last_landed(lake, settings.datasets)
+            if last is not None and last >= end:
+                out.print(f"The lake already holds every session up to {end}; nothing to fetch.")
+                return ExitCode.OK
+        start, end = resolve_range(
+            end=end, start=settings.start, backfill_days=settings.backfill_days, last_landed=last
+        )
+        plan = plan_run(
+            run_id=new_run_id(started),
+            symbols=symbols,
+            datasets=settings.datasets,
+            start=start,
+            end=end,
+            period=settings.period,
+        )
+    except StockPipelineError as error:
+        raise _fail(error, ExitCode.USAGE, secret) from None
+    if dry_run:
+        _print_plan(plan, settings)
+        return ExitCode.OK
+    log.info(
+        "run %s: %d requests for %d symbols, %s to %s, into %s",
+        plan.run_id, len(plan.requests), len(symbols), start, end, lake.uri,
+    )  # fmt: skip
+    try:
+        report = asyncio.run(_execute(plan, settings, lake, started))
+    except FmpAuthError as error:
+        raise _fail(f"{error}; the run was aborted", ExitCode.AUTH, secret) from None
+    except StockPipelineError as error:
+        raise _fail(error, error.exit_code, secret) from None
+    _print_summary(report)
+    return report.exit_code
+
+
+def _configure_logging(verbose: bool) -> None:
+    logging.basicConfig(
+        level=logging.DEBUG if verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(message)s",
+        stream=sys.stderr,
+        force=True,
+    )
+    logging.getLogger("aiohttp").setLevel(logging.WARNING)
+    logging.getLogger("botocore").setLevel(logging.WARNING)
+
+
+def _env_float(name: str, default: float) -> float:
+    value = os.environ.get(name)
+    if value is None:
+        return default
+    try:
+        return float(value)
+    except ValueError:
+        message = f"{name} must be a number of seconds, got {value!r}"
+        raise _fail(message, ExitCode.USAGE, None) from None
+
+
+def _settings(**values: Any) -> Settings:
+    try:
+        return Settings(**values)
+    except StockPipelineError as error:
+        raise _fail(error, ExitCode.USAGE, values.get("api_key")) from None
+
+
+TickersOption = Annotated[
+    Path, typer.Option("--tickers-path", help="CSV with a `symbol` column.", dir_okay=False)
+]
+LakeOption = Annotated[
+    str,
+    typer.Option(
+        "--lake", envvar="STOCK_PIPELINE_LAKE", help="Local folder or s3://bucket/prefix."
+    ),
+]
+BackfillOption = Annotated[
+    int | None,
+    typer.Option(
+        "--backfill-days", min=1, help="The N most recent completed NYSE sessions ending at --end."
+    ),
+]
+
+
+@app.command()
+def ingest(
+    tickers_path: TickersOption = DEFAULT_TICKERS_PATH,
+    lake: LakeOption = DEFAULT_LAKE,
+    backfill_days: BackfillOption = None,
+    start: Annotated[
+        str | None, typer.Option("--start", help="First day, YYYY-MM-DD (inclusive).")
+    ] = None,
+    end: Annotated[
+        str | None,
+        typer.Option(
+            "--end", help="Last day, YYYY-MM-DD (inclusive); default: last completed session."
+        ),
+    ] = None,
+    datasets: Annotated[
+        str, typer.Option("--datasets", help="Comma list of datasets to fetch.")
+    ] = ",".join(DEFAULT_DATASETS),
+    period: Annotated[
+        str, typer.Option("--period", help="Statements: annual, quarter or both.")
+    ] = "both",
+    rate_limit: Annotated[
+        int,
+        typer.Option("--rate-limit", envvar="FMP_RATE_LIMIT", min=1, help="Requests per minute."),
+    ] = DEFAULT_RATE_LIMIT,
+    concurrency: Annotated[
+        int, typer.Option("--concurrency", min=1, help="Most requests in flight.")
+    ] = DEFAULT_CONCURRENCY,
+    fmp_base_url: Annotated[
+        str, typer.Option("--fmp-base-url", envvar="FMP_BASE_URL", help="FMP API root.")
+    ] = DEFAULT_BASE_URL,
+    kms_key_id: Annotated[
+        str | None,
+        typer.Option(
+            "--kms-key-id",
+            envvar="STOCK_PIPELINE_KMS_KEY_ID",
+            help="Encrypt S3 objects with this KMS key instead of AES256.",
+        ),
+    ] = None,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Print the plan; send no request, write nothing.")
+    ] = False,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Fetch FMP data for every ticker and land it in the lake (key from FMP_API_KEY or .env).
+
+    Without --start or --backfill-days: catch up from the session after the last one landed.
+
+    Exit codes: 0 all landed, 1 partial, 2 usage or config error, 3 FMP refused the key.
+    """
+    _configure_logging(verbose)
+    load_dotenv(Path.cwd() / ".env", override=False)
+    try:
+        chosen = parse_datasets(datasets)
+    except ConfigError as error:
+        raise _fail(error, ExitCode.USAGE, None) from None
+    settings = _settings(
+        tickers_path=tickers_path,
+        lake=lake,
+        start=_date(start),
+        end=_date(end),
+        backfill_days=backfill_days,
+        datasets=chosen,
+        period=period,
+        rate_limit=rate_limit,
+        concurrency=concurrency,
+        fmp_base_url=fmp_base_url,
+        api_key=os.environ.get("FMP_API_KEY") or None,
+        kms_key_id=kms_key_id,
+        retry_base_delay=_env_float("STOCK_PIPELINE_RETRY_BASE_DELAY", 1.0),
+    )
+    code = run_command(settings, dry_run=dry_run)
+    raise typer.Exit(int(code))
+
+
+@app.command()
+def demo(
+    tickers_path: TickersOption = DEFAULT_TICKERS_PATH,
+    lake: Annotated[str, typer.Option("--lake", help="Where the demo lake goes.")] = "./demo-lake",
+    backfill_days: BackfillOption = 60,
+    rate_limit: Annotated[
+        int, typer.Option("--rate-limit", min=1, help="Requests per minute (simulator and client).")
+    ] = 3000,
+) -> None:
+    """Run a real ingestion against the bundled FMP simulator into a local lake: no key, no network."""
+    from stock_pipeline.simulator import SimulatorConfig, SimulatorThread
+
+    _configure_logging(False)
+    config = SimulatorConfig(api_key=DEMO_KEY, rate_limit=rate_limit)
+    with SimulatorThread(config) as simulator:
+        out.print(f"FMP simulator listening on {simulator.url}", highlight=False)
+        settings = _settings(
+            tickers_path=tickers_path,
+            lake=lake,
+            backfill_days=backfill_days,
+            rate_limit=rate_limit,
+            concurrency=16,
+            fmp_base_url=simulator.url,
+            api_key=DEMO_KEY,
+        )
+        code = run_command(settings, dry_run=False)
+    if code in (ExitCode.OK, ExitCode.PARTIAL):
+        root = Path(lake).resolve()
+        out.print(
+            f"\nFiles are under {root}/raw/<dataset>/ (read them with "
+            f"`stock_pipeline.read_dataset`), run manifests under {root}/_runs/.",
+            highlight=False,
+        )
+    raise typer.Exit(int(code))
+
+
+@app.command()
+def schema() -> None:
+    """Print every dataset's columns and types (Markdown), from the dataset registry."""
+    typer.echo(schema_markdown(), nl=False)
+
+
+@app.command()
+def version() -> None:
+    """Print the version."""
+    out.print(__version__)
+
+
+def main() -> None:
+    """`stock-pipeline` and `python -m stock_pipeline`."""
+    app()
+
+
+def ingest_main() -> None:
+    """`ingest`: a shortcut for `stock-pipeline ingest`."""
+    typer.run(ingest)

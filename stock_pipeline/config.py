@@ -1,0 +1,123 @@
+"""Settings for a run: frozen values, flags over environment over defaults, and the tickers file."""
+
+from __future__ import annotations
+
+import csv
+import datetime as dt
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Literal
+
+from stock_pipeline.datasets import DATASETS, DEFAULT_DATASETS
+from stock_pipeline.errors import ConfigError
+from stock_pipeline.fmp import DEFAULT_BASE_URL, DEFAULT_RATE_LIMIT
+
+__all__ = [
+    "DEFAULT_CONCURRENCY",
+    "DEFAULT_LAKE",
+    "DEFAULT_TICKERS_PATH",
+    "Period",
+    "Settings",
+    "parse_datasets",
+    "read_tickers",
+]
+
+DEFAULT_TICKERS_PATH = Path("config/tickers.csv")
+DEFAULT_LAKE = "./lake"
+DEFAULT_CONCURRENCY = 8
+DEFAULT_TIMEOUT = 30.0
+Period = Literal["annual", "quarter", "both"]
+PERIODS: tuple[Period, ...] = ("annual", "quarter", "both")
+
+# Letters and digits with the separators FMP uses: BRK-B, RY.TO, ^GSPC, EURUSD=X.
+_SYMBOL = re.compile(r"^[A-Z0-9^][A-Z0-9.\-^=]{0,19}$")
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class Settings:
+    """Everything a run needs to know, resolved before the first request."""
+
+    tickers_path: Path = DEFAULT_TICKERS_PATH
+    lake: str = DEFAULT_LAKE
+    start: dt.date | None = None
+    end: dt.date | None = None
+    backfill_days: int | None = None
+    datasets: tuple[str, ...] = DEFAULT_DATASETS
+    period: Period = "both"
+    rate_limit: int = DEFAULT_RATE_LIMIT
+    concurrency: int = DEFAULT_CONCURRENCY
+    fmp_base_url: str = DEFAULT_BASE_URL
+    api_key: str | None = field(default=None, repr=False)
+    timeout: float = DEFAULT_TIMEOUT
+    retry_attempts: int = 6
+    #: Backoff doubles from this many seconds (jittered); 0 retries at once, as tests do.
+    retry_base_delay: float = 1.0
+    sse: str = "AES256"
+    kms_key_id: str | None = None
+
+    def __post_init__(self) -> None:
+        if self.backfill_days is not None and self.backfill_days < 1:
+            raise ConfigError("--backfill-days must be at least 1")
+        if self.backfill_days is not None and self.start is not None:
+            raise ConfigError("use either --backfill-days or --start, not both")
+        if self.start and self.end and self.start > self.end:
+            raise ConfigError(f"--start {self.start} is after --end {self.end}")
+        if self.rate_limit < 1:
+            raise ConfigError("--rate-limit must be at least 1 request per minute")
+        if self.concurrency < 1:
+            raise ConfigError("--concurrency must be at least 1")
+        if self.period not in PERIODS:
+            raise ConfigError(f"--period must be one of {', '.join(PERIODS)}")
+        if not self.fmp_base_url.startswith(("http://", "https://")):
+            raise ConfigError(f"--fmp-base-url must be an http(s) URL, got {self.fmp_base_url!r}")
+        unknown = [d for d in self.datasets if d not in DATASETS]
+        if unknown or not self.datasets:
+            raise ConfigError(
+                f"unknown dataset(s) {', '.join(unknown) or '(none given)'}; "
+                f"choose from {', '.join(DATASETS)}"
+            )
+
+
+def parse_datasets(text: str) -> tuple[str, ...]:
+    """A comma list of dataset names, in registry order, duplicates removed."""
+    wanted = {part.strip() for part in text.split(",") if part.strip()}
+    unknown = sorted(wanted - set(DATASETS))
+    if unknown or not wanted:
+        raise ConfigError(
+            f"unknown dataset(s) {', '.join(unknown) or '(none given)'}; "
+            f"choose from {', '.join(DATASETS)}"
+        )
+    return tuple(name for name in DATASETS if name in wanted)
+
+
+def read_tickers(path: Path) -> tuple[str, ...]:
+    """The symbols in a CSV with a `symbol` column, upper-cased and deduplicated, in file order."""
+    try:
+        text = path.read_text(encoding="utf-8-sig")
+    except FileNotFoundError:
+        raise ConfigError(f"tickers file not found: {path}") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise ConfigError(f"cannot read tickers file {path}: {error}") from None
+    reader = csv.DictReader(text.splitlines())
+    columns = {(name or "").strip().lower(): name for name in reader.fieldnames or []}
+    if "symbol" not in columns:
+        found = ", ".join(repr(n) for n in reader.fieldnames or []) or "nothing"
+        raise ConfigError(f"tickers file {path} needs a 'symbol' column; its header has {found}")
+    symbols: dict[str, None] = {}
+    bad: list[str] = []
+    for line_number, row in enumerate(reader, start=2):
+        raw = (row.get(columns["symbol"]) or "").strip()
+        if not raw or raw.startswith("#"):
+            continue
+        symbol = raw.upper()
+        if not _SYMBOL.match(symbol):
+            bad.append(f"line {line_number}: {raw!r}")
+            continue
+        symbols.setdefault(symbol)
+    if bad:
+        shown = "; ".join(bad[:5]) + (f"; and {len(bad) - 5} more" if len(bad) > 5 else "")
+        raise ConfigError(f"tickers file {path} has invalid symbols ({shown})")
+    if not symbols:
+        raise ConfigError(f"tickers file {path} lists no symbols")
+    return tuple(symbols)

@@ -1,0 +1,177 @@
+"""One exception tree for the whole package, each error carrying the exit code the CLI returns.
+
+    StockPipelineError                 base; never raised itself
+    ├── ConfigError           exit 2   bad options, tickers file, missing key; found before any request
+    ├── LakeError             exit 2   the lake cannot be reached or written (raised by lake.py)
+    └── FmpError              exit 1   one FMP request failed (raised by fmp.py, recorded per request)
+        ├── FmpAuthError      exit 3   the key was refused (401, or 403 on a legacy endpoint): abort
+        ├── FmpPlanError      exit 1   402: a symbol, parameter or endpoint is outside the plan
+        ├── FmpRateLimitError exit 1   429 or a "Limit Reach" body, after retries
+        ├── FmpServerError    exit 1   5xx after retries
+        ├── FmpTransportError exit 1   timeouts and dropped connections after retries
+        └── FmpResponseError  exit 1   a body that is not what the endpoint promises (not JSON,
+                                       truncated, an error object inside a 200, a capped window)
+
+Messages name what failed and on what, and never contain the API key: every URL in them is redacted
+by fmp.py before an error is built.
+"""
+
+from __future__ import annotations
+
+from enum import IntEnum
+from typing import Literal
+
+__all__ = [
+    "ConfigError",
+    "ExitCode",
+    "FmpAuthError",
+    "FmpError",
+    "FmpPlanError",
+    "FmpRateLimitError",
+    "FmpResponseError",
+    "FmpServerError",
+    "FmpTransportError",
+    "LakeError",
+    "StockPipelineError",
+]
+
+
+class ExitCode(IntEnum):
+    """Process exit codes, part of the CLI's interface."""
+
+    OK = 0
+    PARTIAL = 1
+    USAGE = 2
+    AUTH = 3
+
+
+class StockPipelineError(Exception):
+    """Base of every error the package raises on purpose."""
+
+    exit_code: ExitCode = ExitCode.PARTIAL
+
+
+class ConfigError(StockPipelineError):
+    """Options, environment or input files that cannot work; nothing has been requested yet."""
+
+    exit_code = ExitCode.USAGE
+
+
+class LakeError(StockPipelineError):
+    """The lake could not be reached, listed, read or written."""
+
+    exit_code = ExitCode.USAGE
+
+    def __init__(self, message: str, *, uri: str | None = None) -> None:
+        super().__init__(message)
+        self.uri = uri
+
+
+class FmpError(StockPipelineError):
+    """One FMP request failed for good; `url` is always redacted."""
+
+    exit_code = ExitCode.PARTIAL
+    #: Whether a retry could succeed (rate limits, server errors, timeouts, truncated bodies).
+    transient: bool = False
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        url: str | None = None,
+        status: int | None = None,
+        dataset: str | None = None,
+        symbol: str | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.url = url
+        self.status = status
+        self.dataset = dataset
+        self.symbol = symbol
+
+    def __str__(self) -> str:
+        where = " ".join(
+            part
+            for part in (
+                f"dataset={self.dataset}" if self.dataset else "",
+                f"symbol={self.symbol}" if self.symbol else "",
+                f"status={self.status}" if self.status is not None else "",
+                f"url={self.url}" if self.url else "",
+            )
+            if part
+        )
+        base = super().__str__()
+        return f"{base} ({where})" if where else base
+
+
+class FmpAuthError(FmpError):
+    """FMP refused the key: every further request would fail the same way."""
+
+    exit_code = ExitCode.AUTH
+
+
+class FmpPlanError(FmpError):
+    """A 402: the symbol, a parameter or the whole endpoint is not in the subscription."""
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        scope: Literal["symbol", "dataset"],
+        url: str | None = None,
+        status: int | None = None,
+        dataset: str | None = None,
+        symbol: str | None = None,
+    ) -> None:
+        super().__init__(message, url=url, status=status, dataset=dataset, symbol=symbol)
+        self.scope = scope
+
+
+class FmpRateLimitError(FmpError):
+    """FMP said "Limit Reach" (429, or the same text under another status)."""
+
+    transient = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        dataset: str | None = None,
+        symbol: str | None = None,
+    ) -> None:
+        super().__init__(message, url=url, status=status, dataset=dataset, symbol=symbol)
+        self.retry_after = retry_after
+
+
+class FmpServerError(FmpError):
+    """A 5xx from FMP."""
+
+    transient = True
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        retry_after: float | None = None,
+        url: str | None = None,
+        status: int | None = None,
+        dataset: str | None = None,
+        symbol: str | None = None,
+    ) -> None:
+        super().__init__(message, url=url, status=status, dataset=dataset, symbol=symbol)
+        self.retry_after = retry_after
+
+
+class FmpTransportError(FmpError):
+    """The request timed out or the connection dropped."""
+
+    transient = True
+
+
+class FmpResponseError(FmpError):
+    """The body is not what the endpoint promises; retried, since truncation is usually transient."""
+
+    transient = True

@@ -1,0 +1,273 @@
+"""The FMP client: one pooled aiohttp session, pacing, retries, error mapping and URL redaction.
+
+This is the only module that speaks HTTP. It returns parsed JSON records or raises one of the
+`FmpError` subclasses from errors.py, always with the key redacted from every URL and message.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import random
+import re
+from collections import deque
+from collections.abc import Awaitable, Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any
+from urllib.parse import urlencode
+
+import aiohttp
+from aiolimiter import AsyncLimiter
+
+from stock_pipeline.errors import (
+    FmpAuthError,
+    FmpError,
+    FmpPlanError,
+    FmpRateLimitError,
+    FmpResponseError,
+    FmpServerError,
+    FmpTransportError,
+)
+
+__all__ = [
+    "DEFAULT_BASE_URL",
+    "DEFAULT_RATE_LIMIT",
+    "PRICE_ROW_CAP",
+    "FmpClient",
+    "RequestPacer",
+    "RequestStats",
+    "RetryPolicy",
+    "redact",
+]
+
+DEFAULT_BASE_URL = "https://financialmodelingprep.com"
+#: Requests per minute on FMP's Starter plan.
+DEFAULT_RATE_LIMIT = 300
+#: FMP returns at most this many price rows per request and silently drops the rest.
+PRICE_ROW_CAP = 5000
+REDACTED = "***"
+
+_KEY_IN_URL = re.compile(r"(?i)(apikey=)[^&\s\"'#]*")
+
+
+def redact(text: str, secret: str | None = None) -> str:
+    """`text` with every `apikey=` value and every occurrence of `secret` replaced by ***."""
+    text = _KEY_IN_URL.sub(rf"\g<1>{REDACTED}", text)
+    if secret:
+        text = text.replace(secret, REDACTED)
+    return text
+
+
+class RequestPacer:
+    """At most `limit` requests in any `window` seconds, spaced evenly from the first request.
+
+    aiolimiter's bucket holds one token, so requests leave one every `window / limit` seconds and never
+    burst; a log of the last `limit` send times then guarantees the sliding-window bound outright,
+    with a small margin for the time a request spends in flight. Build it inside the running loop.
+    """
+
+    def __init__(self, limit: int, window: float = 60.0, *, margin: float = 0.01) -> None:
+        if limit < 1:
+            raise ValueError("limit must be at least 1")
+        self.limit = limit
+        self.window = window
+        self._guard = window * (1 + margin)
+        self._spacing = AsyncLimiter(1, window / limit)
+        self._sent: deque[float] = deque(maxlen=limit)
+        self._lock = asyncio.Lock()
+        self._loop = asyncio.get_running_loop()
+
+    @property
+    def sent(self) -> tuple[float, ...]:
+        """Loop times of the most recent sends (at most `limit`)."""
+        return tuple(self._sent)
+
+    async def acquire(self) -> None:
+        async with self._lock:
+            await self._spacing.acquire()
+            if len(self._sent) == self.limit:
+                wait = self._sent[0] + self._guard - self._loop.time()
+                if wait > 0:
+                    await asyncio.sleep(wait)
+            self._sent.append(self._loop.time())
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class RetryPolicy:
+    """Exponential backoff with full jitter; a Retry-After header, when FMP sends one, wins."""
+
+    attempts: int = 6
+    base_delay: float = 1.0
+    max_delay: float = 60.0
+
+    def delay(self, attempt: int, rng: random.Random, retry_after: float | None = None) -> float:
+        """Seconds to wait after failed attempt number `attempt` (1-based)."""
+        if retry_after is not None:
+            return min(max(retry_after, 0.0), self.max_delay)
+        ceiling = min(self.max_delay, self.base_delay * 2 ** (attempt - 1))
+        return rng.uniform(0, ceiling)
+
+
+@dataclass(slots=True)
+class RequestStats:
+    """Counters for one dataset's HTTP traffic."""
+
+    requests: int = 0
+    retries: int = 0
+    rate_limited: int = 0
+    failed: int = 0
+
+
+def _retry_after(headers: Mapping[str, str]) -> float | None:
+    value = headers.get("Retry-After")
+    if value is None:
+        return None
+    try:
+        return float(value)
+    except ValueError:
+        return None  # an HTTP date: rare enough to fall back to backoff
+
+
+@dataclass(slots=True)
+class FmpClient:
+    """Fetches FMP stable endpoints through a session the caller owns."""
+
+    session: aiohttp.ClientSession
+    base_url: str
+    api_key: str = field(repr=False)
+    pacer: RequestPacer
+    concurrency: int = 8
+    retry: RetryPolicy = field(default_factory=RetryPolicy)
+    timeout: float = 30.0
+    sleep: Callable[[float], Awaitable[None]] = asyncio.sleep
+    rng: random.Random = field(default_factory=random.Random)
+    stats: dict[str, RequestStats] = field(default_factory=dict)
+    _slots: asyncio.Semaphore = field(init=False)
+
+    def __post_init__(self) -> None:
+        self.base_url = self.base_url.rstrip("/")
+        self._slots = asyncio.Semaphore(self.concurrency)
+
+    def display_url(self, endpoint: str, params: Mapping[str, str]) -> str:
+        """The request's URL as it may appear in logs and messages: the key redacted."""
+        query = urlencode({**params, "apikey": REDACTED}, safe="*")
+        return f"{self.base_url}/stable/{endpoint}?{query}"
+
+    async def fetch_records(
+        self, endpoint: str, params: Mapping[str, str], *, dataset: str, symbol: str | None = None
+    ) -> list[dict[str, Any]]:
+        """The endpoint's JSON array, retried on transient failures; [] means "no data"."""
+        stats = self.stats.setdefault(dataset, RequestStats())
+        attempt = 0
+        while True:
+            attempt += 1
+            try:
+                async with self._slots:
+                    await self.pacer.acquire()
+                    stats.requests += 1
+                    return await self._fetch_once(endpoint, params, dataset, symbol)
+            except FmpError as error:
+                if isinstance(error, FmpRateLimitError):
+                    stats.rate_limited += 1
+                if not error.transient or attempt >= self.retry.attempts:
+                    stats.failed += 1
+                    if error.transient:
+                        error.args = (f"{error.args[0]} (gave up after {attempt} attempts)",)
+                    raise
+                retry_after = getattr(error, "retry_after", None)
+                stats.retries += 1
+                await self.sleep(self.retry.delay(attempt, self.rng, retry_after))
+
+    async def _fetch_once(
+        self, endpoint: str, params: Mapping[str, str], dataset: str, symbol: str | None
+    ) -> list[dict[str, Any]]:
+        url = self.display_url(endpoint, params)
+        where: dict[str, Any] = {"url": url, "dataset": dataset, "symbol": symbol}
+        try:
+            async with self.session.get(
+                f"{self.base_url}/stable/{endpoint}",
+                params={**params, "apikey": self.api_key},
+                timeout=aiohttp.ClientTimeout(total=self.timeout),
+                allow_redirects=False,
+            ) as response:
+                status = response.status
+                headers = response.headers
+                body = await response.read()
+        except TimeoutError:
+            raise FmpTransportError(
+                f"FMP did not answer within {self.timeout:g} s", **where
+            ) from None
+        except aiohttp.ClientError as error:
+            detail = redact(f"{type(error).__name__}: {error}", self.api_key)
+            raise FmpTransportError(f"connection to FMP failed: {detail}", **where) from None
+        text = body.decode("utf-8", errors="replace")
+        return self._interpret(status, headers, text, where)
+
+    def _interpret(
+        self, status: int, headers: Mapping[str, str], text: str, where: dict[str, Any]
+    ) -> list[dict[str, Any]]:
+        excerpt = redact(" ".join(text.split())[:200], self.api_key)
+        if "Limit Reach" in text:
+            raise FmpRateLimitError(
+                "FMP rate or quota limit reached",
+                status=status,
+                retry_after=_retry_after(headers),
+                **where,
+            )
+        if status == 401 or "Invalid API KEY" in text:
+            raise FmpAuthError("FMP refused the API key; check FMP_API_KEY", status=status, **where)
+        if status == 403:
+            raise FmpAuthError(
+                f"FMP refused access ({excerpt}); keys created after 2025-08-31 only work on the "
+                "stable API",
+                status=status,
+                **where,
+            )
+        if status == 402:
+            symbol_scope = "Special Endpoint" in text and "'symbol'" in text
+            raise FmpPlanError(
+                f"not in the FMP plan: {excerpt}",
+                scope="symbol" if symbol_scope else "dataset",
+                status=status,
+                **where,
+            )
+        if status == 429:
+            raise FmpRateLimitError(
+                "FMP rate limit (429)", status=status, retry_after=_retry_after(headers), **where
+            )
+        if status >= 500:
+            raise FmpServerError(
+                f"FMP server error {status}",
+                status=status,
+                retry_after=_retry_after(headers),
+                **where,
+            )
+        if status != 200:
+            raise FmpError(f"unexpected FMP response {status}: {excerpt}", status=status, **where)
+        try:
+            payload = json.loads(text)
+        except json.JSONDecodeError:
+            kind = "truncated JSON" if text.lstrip().startswith(("[", "{")) else "not JSON"
+            raise FmpResponseError(
+                f"FMP sent a body that is {kind}: {excerpt}", status=status, **where
+            ) from None
+        if isinstance(payload, dict):
+            message = payload.get("Error Message") or payload.get("error")
+            if message:
+                raise FmpResponseError(
+                    f"FMP answered 200 with an error: {redact(str(message), self.api_key)[:200]}",
+                    status=status,
+                    **where,
+                )
+            if not payload:
+                return []  # the legacy API's "unknown symbol"
+            raise FmpResponseError(
+                f"FMP sent an object where a list was expected: {excerpt}", status=status, **where
+            )
+        if not isinstance(payload, list) or not all(isinstance(r, dict) for r in payload):
+            raise FmpResponseError(
+                f"FMP sent something other than a list of records: {excerpt}",
+                status=status,
+                **where,
+            )
+        return payload

@@ -1,0 +1,364 @@
+"""Where files go: a local folder or an S3 prefix behind one small interface, plus manifests.
+
+Layout (the partition value lives in the path only, as Spark and Hive write it):
+
+    raw/<dataset>/date=YYYY-MM-DD/<run_id>.parquet          prices, adjusted_prices
+    raw/<dataset>/ingest_date=YYYY-MM-DD/<run_id>.parquet   statements, profile
+    quarantine/<dataset>/ingest_date=YYYY-MM-DD/<run_id>.parquet
+    _runs/<run_id>.json                                     the manifest, written last
+
+Files are immutable: a rerun writes new files under its own run id. Local writes go to a hidden
+temporary file first and are renamed into place; S3 uploads carry a SHA-256 checksum the server
+verifies, then are checked with a HEAD request.
+"""
+
+from __future__ import annotations
+
+import base64
+import datetime as dt
+import hashlib
+import io
+import json
+import os
+import uuid
+from collections.abc import Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
+
+from stock_pipeline.datasets import (
+    INGESTED_AT_COLUMN,
+    QUARANTINE_COLUMNS,
+    Dataset,
+)
+from stock_pipeline.errors import LakeError
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+__all__ = [
+    "DEFAULT_SSE",
+    "Lake",
+    "LakeWriteError",
+    "LocalLake",
+    "S3Lake",
+    "StoredFile",
+    "encode_parquet",
+    "manifest_path",
+    "open_lake",
+    "partition_path",
+    "read_dataset",
+    "read_manifests",
+    "write_manifest",
+]
+
+DEFAULT_SSE = "AES256"
+RAW = "raw"
+QUARANTINE = "quarantine"
+RUNS = "_runs"
+_QUARANTINE_SCHEMA = pa.schema([pa.field(c.name, c.type.arrow) for c in QUARANTINE_COLUMNS])
+
+
+class LakeWriteError(LakeError):
+    """A write failed after the run started: what landed before it stays, the run is partial."""
+
+    exit_code = LakeError.exit_code.PARTIAL
+
+
+@dataclass(frozen=True, slots=True)
+class StoredFile:
+    """A file as it landed: lake-relative path, size and checksum."""
+
+    path: str
+    bytes: int
+    sha256: str
+
+
+class Lake(Protocol):
+    """What the pipeline needs from storage. Methods block: call them off the event loop."""
+
+    uri: str
+
+    def check(self) -> None:
+        """Raise LakeError unless the lake can be reached and listed (writes nothing)."""
+
+    def write_file(self, path: str, data: bytes) -> StoredFile: ...
+
+    def read_file(self, path: str) -> bytes: ...
+
+    def list_files(self, prefix: str) -> list[str]:
+        """Lake-relative paths under `prefix`, sorted; hidden and temporary files excluded."""
+        ...
+
+
+def _sha256(data: bytes) -> str:
+    return hashlib.sha256(data).hexdigest()
+
+
+def _visible(path: str) -> bool:
+    return not any(part.startswith((".", "_")) and part != RUNS for part in path.split("/"))
+
+
+class LocalLake:
+    """A lake in a local folder."""
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root).expanduser().resolve()
+        self.uri = str(self.root)
+
+    def check(self) -> None:
+        probe = self.root
+        while not probe.exists():
+            probe = probe.parent
+        if not probe.is_dir() or not os.access(probe, os.W_OK | os.X_OK):
+            raise LakeError(
+                f"cannot write to the lake folder {self.root} ({probe} is not writable)"
+            )
+
+    def write_file(self, path: str, data: bytes) -> StoredFile:
+        target = self.root / path
+        if target.exists():
+            raise LakeWriteError(f"refusing to overwrite {target}: lake files are immutable")
+        try:
+            target.parent.mkdir(parents=True, exist_ok=True)
+            temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
+            with open(temp, "wb") as handle:
+                handle.write(data)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.replace(temp, target)
+        except OSError as error:
+            raise LakeWriteError(f"could not write {target}: {error.strerror or error}") from None
+        return StoredFile(path, len(data), _sha256(data))
+
+    def read_file(self, path: str) -> bytes:
+        try:
+            return (self.root / path).read_bytes()
+        except OSError as error:
+            raise LakeError(f"could not read {self.root / path}: {error.strerror}") from None
+
+    def list_files(self, prefix: str) -> list[str]:
+        base = self.root / prefix
+        if not base.exists():
+            return []
+        found = (p.relative_to(self.root).as_posix() for p in base.rglob("*") if p.is_file())
+        return sorted(p for p in found if _visible(p))
+
+
+class S3Lake:
+    """A lake under an S3 prefix, through a boto3 client the caller builds."""
+
+    def __init__(
+        self,
+        client: S3Client,
+        bucket: str,
+        prefix: str = "",
+        *,
+        sse: str = DEFAULT_SSE,
+        kms_key_id: str | None = None,
+    ) -> None:
+        self.client = client
+        self.bucket = bucket
+        self.prefix = prefix.strip("/")
+        self.sse = sse
+        self.kms_key_id = kms_key_id
+        self.uri = f"s3://{bucket}/{self.prefix}".rstrip("/")
+
+    def _key(self, path: str) -> str:
+        return f"{self.prefix}/{path}" if self.prefix else path
+
+    def _translate(self, error: Exception, action: str) -> LakeError:
+        from botocore.exceptions import ClientError
+
+        if isinstance(error, ClientError):
+            info = error.response.get("Error", {})
+            detail = f"{info.get('Code', '?')}: {info.get('Message', '')}".strip()
+        else:
+            detail = f"{type(error).__name__}: {error}"
+        return LakeError(f"S3 {action} failed on {self.uri}: {detail}", uri=self.uri)
+
+    def check(self) -> None:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            self.client.head_bucket(Bucket=self.bucket)
+            self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(RUNS), MaxKeys=1)
+        except (BotoCoreError, ClientError) as error:
+            raise self._translate(error, "access check") from None
+
+    def write_file(self, path: str, data: bytes) -> StoredFile:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        digest = hashlib.sha256(data)
+        extra: dict[str, Any] = {"ServerSideEncryption": self.sse}
+        if self.kms_key_id:
+            extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
+        key = self._key(path)
+        try:
+            self.client.put_object(
+                Bucket=self.bucket,
+                Key=key,
+                Body=data,
+                ChecksumAlgorithm="SHA256",
+                ChecksumSHA256=base64.b64encode(digest.digest()).decode(),
+                **extra,
+            )
+            head = self.client.head_object(Bucket=self.bucket, Key=key)
+        except (BotoCoreError, ClientError) as error:
+            failed = self._translate(error, f"upload of {path}")
+            raise LakeWriteError(str(failed), uri=self.uri) from None
+        if head["ContentLength"] != len(data):
+            raise LakeWriteError(
+                f"S3 upload of {path} did not verify: {head['ContentLength']} bytes stored, "
+                f"{len(data)} sent",
+                uri=self.uri,
+            )
+        return StoredFile(path, len(data), digest.hexdigest())
+
+    def read_file(self, path: str) -> bytes:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        try:
+            body: bytes = self.client.get_object(Bucket=self.bucket, Key=self._key(path))[
+                "Body"
+            ].read()
+            return body
+        except (BotoCoreError, ClientError) as error:
+            raise self._translate(error, f"read of {path}") from None
+
+    def list_files(self, prefix: str) -> list[str]:
+        from botocore.exceptions import BotoCoreError, ClientError
+
+        out: list[str] = []
+        strip = len(self.prefix) + 1 if self.prefix else 0
+        try:
+            pages = self.client.get_paginator("list_objects_v2").paginate(
+                Bucket=self.bucket, Prefix=self._key(prefix)
+            )
+            for page in pages:
+                out.extend(obj["Key"][strip:] for obj in page.get("Contents", []))
+        except (BotoCoreError, ClientError) as error:
+            raise self._translate(error, "listing") from None
+        return sorted(p for p in out if _visible(p))
+
+
+def make_s3_client() -> S3Client:
+    """A boto3 S3 client from the standard AWS settings (AWS_ENDPOINT_URL included)."""
+    import boto3
+    from botocore.config import Config
+
+    config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10)
+    return boto3.client("s3", config=config)
+
+
+def open_lake(
+    uri: str,
+    *,
+    s3_client: S3Client | None = None,
+    sse: str = DEFAULT_SSE,
+    kms_key_id: str | None = None,
+) -> Lake:
+    """The lake at `uri`: `s3://bucket/prefix` or a local path."""
+    if uri.startswith("s3://"):
+        bucket, _, prefix = uri[len("s3://") :].partition("/")
+        if not bucket:
+            raise LakeError(f"no bucket in lake URI {uri!r}; expected s3://bucket/prefix")
+        return S3Lake(s3_client or make_s3_client(), bucket, prefix, sse=sse, kms_key_id=kms_key_id)
+    if "://" in uri:
+        raise LakeError(f"unsupported lake URI {uri!r}; use a local path or s3://bucket/prefix")
+    return LocalLake(uri)
+
+
+def partition_path(
+    dataset: Dataset, value: dt.date, run_id: str, *, quarantine: bool = False
+) -> str:
+    """The lake-relative path of one partition's file for one run."""
+    area, column = (QUARANTINE, "ingest_date") if quarantine else (RAW, dataset.partition)
+    return f"{area}/{dataset.name}/{column}={value.isoformat()}/{run_id}.parquet"
+
+
+def manifest_path(run_id: str) -> str:
+    return f"{RUNS}/{run_id}.json"
+
+
+def encode_parquet(table: pa.Table) -> bytes:
+    """A zstd-compressed Parquet file with statistics, as Spark reads it natively."""
+    buffer = io.BytesIO()
+    pq.write_table(table, buffer, compression="zstd", coerce_timestamps="us")
+    return buffer.getvalue()
+
+
+def to_arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
+    """`frame` as an Arrow table with exactly `schema` (string, not large_string or views)."""
+    return frame.select(schema.names).to_arrow().cast(schema)
+
+
+def split_partitions(
+    dataset: Dataset, frame: pl.DataFrame, ingest_date: dt.date
+) -> Iterable[tuple[dt.date, pa.Table]]:
+    """One Arrow table per partition value, without the partition column, sorted by symbol."""
+    schema = dataset.arrow_schema()
+    if not dataset.partition_in_data:
+        if frame.height:
+            yield ingest_date, to_arrow(frame, schema)
+        return
+    for (value,), part in frame.partition_by(dataset.partition, as_dict=True).items():
+        yield value, to_arrow(part.sort("symbol"), schema)
+
+
+def quarantine_table(frame: pl.DataFrame) -> pa.Table:
+    return to_arrow(frame, _QUARANTINE_SCHEMA)
+
+
+def write_manifest(lake: Lake, manifest: dict[str, Any]) -> StoredFile:
+    data = json.dumps(manifest, indent=2, sort_keys=True, default=str).encode()
+    return lake.write_file(manifest_path(str(manifest["run_id"])), data)
+
+
+def read_manifests(lake: Lake) -> list[dict[str, Any]]:
+    """Every run manifest in the lake, oldest first (run ids sort by start time)."""
+    manifests = []
+    for path in lake.list_files(RUNS):
+        if path.endswith(".json"):
+            try:
+                manifests.append(json.loads(lake.read_file(path)))
+            except json.JSONDecodeError:
+                continue  # a manifest is written whole or not at all; skip foreign files
+    return manifests
+
+
+def read_dataset(
+    lake: Lake, dataset: Dataset, *, quarantine: bool = False, latest: bool = True
+) -> pl.DataFrame:
+    """A dataset as readers should see it: every file, the partition column typed from the path,
+    and (with `latest`) one row per key, the newest `_ingested_at` winning."""
+    area = QUARANTINE if quarantine else RAW
+    column = "ingest_date" if quarantine else dataset.partition
+    frames = []
+    for path in lake.list_files(f"{area}/{dataset.name}/"):
+        if not path.endswith(".parquet"):
+            continue
+        value = next(p.split("=", 1)[1] for p in path.split("/") if p.startswith(f"{column}="))
+        table = pq.read_table(io.BytesIO(lake.read_file(path)))
+        frame = pl.from_arrow(table)
+        assert isinstance(frame, pl.DataFrame)
+        frames.append(frame.with_columns(pl.lit(dt.date.fromisoformat(value)).alias(column)))
+    if quarantine:
+        schema = {c.name: c.type.polars for c in QUARANTINE_COLUMNS}
+        schema[column] = pl.Date()
+    else:
+        schema = {c.name: c.type.polars for c in dataset.table_columns}
+    if not frames:
+        return pl.DataFrame(schema=schema)
+    combined = pl.concat(frames, how="diagonal_relaxed")
+    if quarantine or not latest:
+        return combined
+    return (
+        combined.sort(INGESTED_AT_COLUMN, descending=True, maintain_order=True)
+        .unique(subset=list(dataset.key), keep="first", maintain_order=True)
+        .sort([k for k in dataset.key])
+    )

@@ -1,0 +1,254 @@
+"""Pure transforms: FMP records -> typed polars frames that match the registry, plus quarantine.
+
+Nothing here does I/O. Every row either lands in `rows` (typed, deduplicated, checked) or in
+`quarantine` with a `_reason` and the original record; only exact duplicates are dropped, and they are
+counted.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import polars as pl
+
+from stock_pipeline.datasets import (
+    EXTRA_COLUMN,
+    INGESTED_AT_COLUMN,
+    QUARANTINE_COLUMNS,
+    RAW_COLUMN,
+    REASON_COLUMN,
+    RUN_ID_COLUMN,
+    Column,
+    ColumnType,
+    Dataset,
+)
+
+__all__ = ["NormalizeContext", "Normalized", "empty_frame", "normalize_records"]
+
+_NULL_STRINGS = frozenset({"", "null", "None", "NaN", "nan"})
+_ROW = "__row"
+_TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+
+
+@dataclass(frozen=True, slots=True, kw_only=True)
+class NormalizeContext:
+    """What the run knows about the rows it asked for."""
+
+    run_id: str
+    ingested_at: dt.datetime
+    #: The requested date range; price rows outside it are quarantined. None: no range check.
+    start: dt.date | None = None
+    end: dt.date | None = None
+    #: Exchange sessions in the range; price rows on other days are quarantined.
+    sessions: frozenset[dt.date] | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class Normalized:
+    """The typed rows, the quarantined ones, and how many exact duplicates were removed."""
+
+    rows: pl.DataFrame
+    quarantine: pl.DataFrame
+    duplicates_dropped: int
+
+
+def empty_frame(columns: Sequence[Column]) -> pl.DataFrame:
+    return pl.DataFrame(schema={c.name: c.type.polars for c in columns})
+
+
+def _as_text(values: list[Any]) -> pl.Series:
+    return pl.Series(
+        [None if v is None or isinstance(v, bool) else str(v).strip() for v in values],
+        dtype=pl.String,
+    )
+
+
+def _parse(column: Column, values: list[Any]) -> pl.Series:
+    """Values as the column's type; a value that cannot be read becomes null (and is flagged)."""
+    name = column.name
+    nulls = sorted(_NULL_STRINGS | set(column.null_values))
+    frame = pl.DataFrame({"t": _as_text(values)}).select(
+        pl.when(pl.col("t").is_in(nulls)).then(None).otherwise(pl.col("t")).alias("t")
+    )
+    t = pl.col("t")
+    kind = column.type
+    if kind is ColumnType.STRING:
+        return frame.select(t).to_series().rename(name)
+    if kind in (ColumnType.FLOAT, ColumnType.INT):
+        try:
+            # Fast path: every value already a number (the usual case).
+            numbers = pl.Series(values, dtype=pl.Float64, strict=True)
+        except (TypeError, pl.exceptions.PolarsError):
+            numbers = frame.select(t.cast(pl.Float64, strict=False)).to_series()
+        if kind is ColumnType.INT:
+            numbers = numbers.round(0).cast(pl.Int64, strict=False)
+        return numbers.rename(name)
+    if kind is ColumnType.DATE:
+        expr = t.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+        return frame.select(expr).to_series().rename(name)
+    if kind is ColumnType.TIMESTAMP:
+        parsed = t.str.to_datetime(_TIMESTAMP_FORMAT, strict=False, time_unit="us")
+        zone = "America/New_York" if column.new_york_time else "UTC"
+        expr = parsed.dt.replace_time_zone(
+            zone, ambiguous="earliest", non_existent="null"
+        ).dt.convert_time_zone("UTC")
+        return frame.select(expr).to_series().rename(name)
+    if kind is ColumnType.BOOL:
+        bools = [
+            v if isinstance(v, bool) or v is None else {"true": True, "false": False}.get(str(v))
+            for v in values
+        ]
+        return pl.Series(name, bools, dtype=pl.Boolean)
+    raise AssertionError(f"unhandled column type {kind}")
+
+
+def _source_values(column: Column, records: Sequence[Mapping[str, Any]]) -> list[Any]:
+    names = [n for n in (column.source, *column.aliases) if n]
+    if len(names) == 1:
+        only = names[0]
+        return [r.get(only) for r in records]
+    out: list[Any] = []
+    for r in records:
+        value = None
+        for n in names:
+            if r.get(n) is not None:
+                value = r[n]
+                break
+        out.append(value)
+    return out
+
+
+def _extras(dataset: Dataset, records: Sequence[Mapping[str, Any]]) -> list[str | None]:
+    known = {n for c in dataset.columns for n in (c.source, *c.aliases) if n}
+    seen: set[str] = set()
+    for r in records:
+        seen.update(r.keys())
+    if not seen - known:
+        return [None] * len(records)
+    out: list[str | None] = []
+    for r in records:
+        extra = {k: v for k, v in r.items() if k not in known}
+        out.append(json.dumps(extra, sort_keys=True, default=str) if extra else None)
+    return out
+
+
+def _reasons(
+    dataset: Dataset, frame: pl.DataFrame, unreadable: dict[str, pl.Series], ctx: NormalizeContext
+) -> pl.Series:
+    """Per row, every rule it breaks joined with "; " (empty when clean)."""
+    rules: list[tuple[str, pl.Expr]] = [
+        (f"unreadable {name}", pl.lit(mask)) for name, mask in unreadable.items()
+    ]
+    rules += [(f"missing {key}", pl.col(key).is_null()) for key in dataset.key]
+    rules += [(check.reason, check.violated()) for check in dataset.checks]
+    if dataset.kind == "prices":
+        day = pl.col("date")
+        if ctx.start is not None:
+            rules.append(("date before requested range", day < ctx.start))
+        if ctx.end is not None:
+            rules.append(("date after requested range", day > ctx.end))
+        if ctx.sessions is not None:
+            rules.append(("not an exchange session", ~day.is_in(sorted(ctx.sessions))))
+    if not rules:
+        return pl.Series(REASON_COLUMN, [""] * frame.height, dtype=pl.String)
+    flagged = [
+        pl.when(violated.fill_null(False)).then(pl.lit(reason)).otherwise(None)
+        for reason, violated in rules
+    ]
+    return frame.select(
+        pl.concat_list(flagged).list.drop_nulls().list.join("; ").alias(REASON_COLUMN)
+    ).to_series()
+
+
+def _quarantine_frame(
+    records: Sequence[Mapping[str, Any]],
+    indices: list[int],
+    reasons: list[str],
+    ctx: NormalizeContext,
+) -> pl.DataFrame:
+    picked = [records[i] for i in indices]
+    data = {
+        "symbol": [None if r.get("symbol") is None else str(r.get("symbol")) for r in picked],
+        "record_date": [None if r.get("date") is None else str(r.get("date")) for r in picked],
+        REASON_COLUMN: reasons,
+        RAW_COLUMN: [json.dumps(r, sort_keys=True, default=str) for r in picked],
+        RUN_ID_COLUMN: [ctx.run_id] * len(picked),
+        INGESTED_AT_COLUMN: [ctx.ingested_at] * len(picked),
+    }
+    return pl.DataFrame(data, schema={c.name: c.type.polars for c in QUARANTINE_COLUMNS})
+
+
+def normalize_records(
+    dataset: Dataset, records: Sequence[Mapping[str, Any]], ctx: NormalizeContext
+) -> Normalized:
+    """Type, check and deduplicate one dataset's records (any number of symbols)."""
+    data_columns = dataset.columns
+    out_schema: dict[str, Any] = {
+        c.name: c.type.polars for c in (*data_columns, *_lineage(dataset))
+    }
+    if not records:
+        return Normalized(
+            pl.DataFrame(schema=out_schema), empty_frame(QUARANTINE_COLUMNS), duplicates_dropped=0
+        )
+
+    series: list[pl.Series] = []
+    unreadable: dict[str, pl.Series] = {}
+    for column in data_columns:
+        raw = _source_values(column, records)
+        parsed = _parse(column, raw)
+        series.append(parsed)
+        present = pl.Series([v is not None and str(v).strip() not in _NULL_STRINGS for v in raw])
+        bad = present & parsed.is_null()
+        if bad.any():
+            unreadable[column.name] = bad
+    frame = pl.DataFrame(series).with_columns(
+        pl.Series(EXTRA_COLUMN, _extras(dataset, records), dtype=pl.String),
+        pl.int_range(pl.len(), dtype=pl.Int64).alias(_ROW),
+    )
+    reasons = _reasons(dataset, frame, unreadable, ctx)
+    frame = frame.with_columns(reasons)
+    bad_rows = frame.filter(pl.col(REASON_COLUMN) != "")
+    clean = frame.filter(pl.col(REASON_COLUMN) == "").drop(REASON_COLUMN)
+
+    # Exact repeats carry nothing new; they are counted, not kept.
+    content = [c.name for c in data_columns] + [EXTRA_COLUMN]
+    before = clean.height
+    clean = clean.unique(subset=content, keep="first", maintain_order=True)
+    duplicates_dropped = before - clean.height
+
+    # Two different rows for one key: the preferred one lands, the other goes to quarantine.
+    ordered = clean
+    if dataset.prefer_newest:
+        ordered = clean.sort(
+            dataset.prefer_newest, descending=True, nulls_last=True, maintain_order=True
+        )
+    ranked = ordered.with_columns(pl.int_range(pl.len()).over(list(dataset.key)).alias("__rank"))
+    superseded = ranked.filter(pl.col("__rank") > 0)
+    clean = ranked.filter(pl.col("__rank") == 0).drop("__rank")
+
+    q_index = bad_rows[_ROW].to_list() + superseded[_ROW].to_list()
+    q_reasons = (
+        bad_rows[REASON_COLUMN].to_list()
+        + ["another row for the same key was preferred"] * superseded.height
+    )
+    quarantine = _quarantine_frame(records, q_index, q_reasons, ctx)
+
+    sort_by = [k for k in ("symbol", "date", "period") if k in dataset.key]
+    rows = (
+        clean.drop(_ROW)
+        .with_columns(
+            pl.lit(ctx.run_id, dtype=pl.String).alias(RUN_ID_COLUMN),
+            pl.lit(ctx.ingested_at).cast(pl.Datetime("us", "UTC")).alias(INGESTED_AT_COLUMN),
+        )
+        .select(list(out_schema))
+        .sort(sort_by)
+    )
+    return Normalized(rows.cast(pl.Schema(out_schema)), quarantine, duplicates_dropped)
+
+
+def _lineage(dataset: Dataset) -> tuple[Column, ...]:
+    return tuple(c for c in dataset.file_columns if c.name.startswith("_"))

@@ -1,0 +1,571 @@
+"""Orchestration: plan the requests, fetch them concurrently, normalize, land files, write the manifest.
+
+`plan_run` is pure. `run_ingest` takes a built FMP client and lake and returns a frozen `RunReport`;
+it never reads the environment, prints or exits. Per-request failures are recorded, not raised; only a
+refused key (FmpAuthError) stops the run early.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+import secrets
+import time
+from collections import defaultdict
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Literal
+
+import polars as pl
+
+from stock_pipeline.datasets import DATASETS, Dataset
+from stock_pipeline.errors import ExitCode, FmpAuthError, FmpError, FmpPlanError, LakeError
+from stock_pipeline.fmp import PRICE_ROW_CAP, FmpClient
+from stock_pipeline.lake import (
+    Lake,
+    StoredFile,
+    encode_parquet,
+    partition_path,
+    quarantine_table,
+    split_partitions,
+    write_manifest,
+)
+from stock_pipeline.market_calendar import recent_sessions, sessions_between
+from stock_pipeline.normalize import NormalizeContext, Normalized, normalize_records
+
+__all__ = [
+    "DatasetSummary",
+    "Failure",
+    "Plan",
+    "ProgressEvent",
+    "Request",
+    "RunReport",
+    "new_run_id",
+    "plan_run",
+    "resolve_range",
+    "run_ingest",
+]
+
+#: Normalize a dataset's records in batches of about this many, to keep memory flat on big backfills.
+NORMALIZE_BATCH_ROWS = 50_000
+#: Price windows stay this far below FMP's cap, so a full answer is never mistaken for a capped one.
+WINDOW_HEADROOM = 100
+MANIFEST_VERSION = 1
+
+
+def new_run_id(now: dt.datetime) -> str:
+    """A run id that sorts by start time: 20251114T223005Z-1a2b3c4d."""
+    return f"{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
+
+
+@dataclass(frozen=True, slots=True)
+class Request:
+    """One FMP request of the plan."""
+
+    dataset: str
+    symbol: str
+    params: tuple[tuple[str, str], ...]
+    #: For price requests: the sessions the window covers (used to split a capped answer).
+    window: tuple[dt.date, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    """What a run will do, before it does any of it."""
+
+    run_id: str
+    start: dt.date
+    end: dt.date
+    sessions: tuple[dt.date, ...]
+    symbols: tuple[str, ...]
+    datasets: tuple[str, ...]
+    period: str
+    requests: tuple[Request, ...]
+
+    def requests_by_dataset(self) -> dict[str, int]:
+        counts: dict[str, int] = {name: 0 for name in self.datasets}
+        for request in self.requests:
+            counts[request.dataset] += 1
+        return counts
+
+    def estimated_minutes(self, rate_limit: int) -> float:
+        return len(self.requests) / rate_limit
+
+
+def resolve_range(
+    *,
+    end: dt.date,
+    start: dt.date | None,
+    backfill_days: int | None,
+    last_landed: dt.date | None,
+) -> tuple[dt.date, dt.date]:
+    """The sessions to fetch. Without --start or --backfill-days, catch up from the session after
+    the newest one a successful run landed (or just `end` on an empty lake)."""
+    if backfill_days is not None:
+        sessions = recent_sessions(end, backfill_days)
+        return sessions[0], end
+    if start is not None:
+        return start, end
+    if last_landed is not None and last_landed < end:
+        following = sessions_between(last_landed + dt.timedelta(days=1), end)
+        if following:
+            return following[0], end
+    return end, end
+
+
+def _price_windows(sessions: Sequence[dt.date], max_rows: int) -> list[tuple[dt.date, ...]]:
+    size = max(1, max_rows - WINDOW_HEADROOM)
+    return [tuple(sessions[i : i + size]) for i in range(0, len(sessions), size)]
+
+
+def _statement_limit(period: str, start: dt.date, end: dt.date) -> int:
+    """Enough periods to cover the range plus late and restated filings; FMP's minimum plan allows 5."""
+    days = (end - start).days + 1
+    wanted = math.ceil(days / 91) + 4 if period == "quarter" else math.ceil(days / 365) + 2
+    return min(1000, max(5, wanted))
+
+
+def plan_run(
+    *,
+    run_id: str,
+    symbols: Sequence[str],
+    datasets: Sequence[str],
+    start: dt.date,
+    end: dt.date,
+    period: str = "both",
+    max_price_rows: int = PRICE_ROW_CAP,
+) -> Plan:
+    """Every request the run will send, in a stable order (dataset, then symbol)."""
+    sessions = tuple(sessions_between(start, end))
+    requests: list[Request] = []
+    periods = ("annual", "quarter") if period == "both" else (period,)
+    for name in datasets:
+        dataset = DATASETS[name]
+        for symbol in symbols:
+            if dataset.kind == "prices":
+                for window in _price_windows(sessions, max_price_rows):
+                    params = (("symbol", symbol), ("from", str(window[0])), ("to", str(window[-1])))
+                    requests.append(Request(name, symbol, params, window))
+            elif dataset.kind == "statement":
+                for p in periods:
+                    limit = str(_statement_limit(p, start, end))
+                    params = (("symbol", symbol), ("period", p), ("limit", limit))
+                    requests.append(Request(name, symbol, params))
+            else:
+                requests.append(Request(name, symbol, (("symbol", symbol),)))
+    return Plan(
+        run_id, start, end, sessions, tuple(symbols), tuple(datasets), period, tuple(requests)
+    )
+
+
+@dataclass(frozen=True, slots=True)
+class Failure:
+    """A request, a symbol or a file that did not make it, and why."""
+
+    dataset: str
+    symbol: str | None
+    reason: str
+    error: str
+    status: int | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class DatasetSummary:
+    """One dataset's line of the summary table."""
+
+    dataset: str
+    symbols_ok: int
+    symbols_failed: int
+    symbols_without_data: tuple[str, ...]
+    rows: int
+    quarantined: int
+    duplicates_dropped: int
+    files: int
+    bytes: int
+    requests: int
+    retries: int
+    rate_limited: int
+    seconds: float
+
+
+@dataclass(frozen=True, slots=True)
+class ProgressEvent:
+    """Sent after every finished request and every file written."""
+
+    requests_done: int
+    requests_total: int
+    rows: int
+    errors: int
+
+
+@dataclass(frozen=True, slots=True)
+class FileRecord:
+    dataset: str
+    kind: Literal["raw", "quarantine"]
+    partition: str
+    rows: int
+    stored: StoredFile
+
+
+@dataclass(frozen=True, slots=True)
+class RunReport:
+    """What a run did: the manifest's content and the summary table's source."""
+
+    run_id: str
+    status: Literal["ok", "partial", "aborted"]
+    exit_code: ExitCode
+    started_at: dt.datetime
+    finished_at: dt.datetime
+    lake: str
+    plan: Plan
+    summaries: tuple[DatasetSummary, ...]
+    files: tuple[FileRecord, ...]
+    failures: tuple[Failure, ...]
+    #: Per price dataset, per symbol: sessions in range with no row.
+    gaps: Mapping[str, Mapping[str, tuple[dt.date, ...]]]
+    parameters: Mapping[str, Any] = field(default_factory=dict)
+    manifest: StoredFile | None = None
+
+    @property
+    def rows(self) -> int:
+        return sum(s.rows for s in self.summaries)
+
+    def to_manifest(self) -> dict[str, Any]:
+        """The JSON manifest: every file, every failure, request counts, the run's parameters."""
+        gaps = {
+            name: {
+                symbol: {"missing": len(days), "sessions": [d.isoformat() for d in days[:50]]}
+                for symbol, days in by_symbol.items()
+            }
+            for name, by_symbol in self.gaps.items()
+        }
+        return {
+            "manifest_version": MANIFEST_VERSION,
+            "run_id": self.run_id,
+            "status": self.status,
+            "exit_code": int(self.exit_code),
+            "started_at": self.started_at.isoformat(),
+            "finished_at": self.finished_at.isoformat(),
+            "lake": self.lake,
+            "range": {
+                "start": self.plan.start.isoformat(),
+                "end": self.plan.end.isoformat(),
+                "sessions": len(self.plan.sessions),
+            },
+            "symbols": list(self.plan.symbols),
+            "datasets": list(self.plan.datasets),
+            "parameters": dict(self.parameters),
+            "summary": {
+                s.dataset: {**asdict(s), "symbols_without_data": list(s.symbols_without_data)}
+                for s in self.summaries
+            },
+            "files": [
+                {
+                    "path": f.stored.path,
+                    "dataset": f.dataset,
+                    "kind": f.kind,
+                    "partition": f.partition,
+                    "rows": f.rows,
+                    "bytes": f.stored.bytes,
+                    "sha256": f.stored.sha256,
+                }
+                for f in self.files
+            ],
+            "failures": [asdict(f) for f in self.failures],
+            "gaps": gaps,
+        }
+
+
+@dataclass
+class _DatasetState:
+    dataset: Dataset
+    started: float
+    pending: list[dict[str, Any]] = field(default_factory=list)
+    parts: list[Normalized] = field(default_factory=list)
+    ok_symbols: set[str] = field(default_factory=set)
+    failed_symbols: set[str] = field(default_factory=set)
+    symbols_with_rows: set[str] = field(default_factory=set)
+    dead: FmpPlanError | None = None
+    finished: float = 0.0
+
+
+class _Run:
+    """The mutable state of one run; `run_ingest` wraps it so callers only see the report."""
+
+    def __init__(
+        self,
+        plan: Plan,
+        client: FmpClient,
+        lake: Lake,
+        ingested_at: dt.datetime,
+        progress: Callable[[ProgressEvent], None] | None,
+        write_concurrency: int,
+        max_price_rows: int,
+    ) -> None:
+        self.plan = plan
+        self.client = client
+        self.lake = lake
+        self.ingested_at = ingested_at
+        self.progress = progress
+        self.max_price_rows = max_price_rows
+        self.writes = asyncio.Semaphore(write_concurrency)
+        self.context = NormalizeContext(
+            run_id=plan.run_id,
+            ingested_at=ingested_at,
+            start=plan.start,
+            end=plan.end,
+            sessions=frozenset(plan.sessions),
+        )
+        now = time.monotonic()
+        self.states = {name: _DatasetState(DATASETS[name], now) for name in plan.datasets}
+        self.failures: list[Failure] = []
+        self.files: list[FileRecord] = []
+        self.requests_total = len(plan.requests)
+        self.requests_done = 0
+        self.rows_fetched = 0
+
+    def _tick(self) -> None:
+        if self.progress is not None:
+            self.progress(
+                ProgressEvent(
+                    self.requests_done, self.requests_total, self.rows_fetched, len(self.failures)
+                )
+            )
+
+    def _fail(self, state: _DatasetState, symbol: str | None, error: Exception) -> None:
+        reason = type(error).__name__
+        status = getattr(error, "status", None)
+        self.failures.append(Failure(state.dataset.name, symbol, reason, str(error), status))
+        if symbol is not None:
+            state.failed_symbols.add(symbol)
+
+    async def _fetch(self, request: Request, window: tuple[dt.date, ...]) -> list[dict[str, Any]]:
+        """One request's records; a price answer at FMP's cap is split in two and fetched again."""
+        params = dict(request.params)
+        if window:
+            params["from"], params["to"] = str(window[0]), str(window[-1])
+        dataset = self.states[request.dataset].dataset
+        records = await self.client.fetch_records(
+            dataset.endpoint, params, dataset=dataset.name, symbol=request.symbol
+        )
+        if window and len(records) >= self.max_price_rows:
+            if len(window) < 2:
+                raise FmpError(
+                    f"FMP capped a one-session answer at {len(records)} rows",
+                    dataset=dataset.name,
+                    symbol=request.symbol,
+                )
+            half = len(window) // 2
+            self.requests_total += 2
+            older, newer = await asyncio.gather(
+                self._fetch(request, window[:half]), self._fetch(request, window[half:])
+            )
+            self.requests_done += 2
+            return older + newer
+        return records
+
+    async def _run_request(self, request: Request) -> None:
+        state = self.states[request.dataset]
+        try:
+            if state.dead is not None:
+                self._fail(state, request.symbol, state.dead)
+                return
+            records = await self._fetch(request, request.window)
+        except FmpAuthError:
+            raise
+        except FmpPlanError as error:
+            if error.scope == "dataset" and state.dead is None:
+                state.dead = error
+            self._fail(state, request.symbol, error)
+        except FmpError as error:
+            self._fail(state, request.symbol, error)
+        else:
+            for record in records:
+                # Some endpoints omit the symbol on their rows; the request says which it was.
+                if record.get("symbol") in (None, ""):
+                    record["symbol"] = request.symbol
+            state.pending.extend(records)
+            state.ok_symbols.add(request.symbol)
+            if records:
+                state.symbols_with_rows.add(request.symbol)
+            self.rows_fetched += len(records)
+            if len(state.pending) >= NORMALIZE_BATCH_ROWS:
+                await self._flush(state)
+        finally:
+            self.requests_done += 1
+            self._tick()
+
+    async def _flush(self, state: _DatasetState) -> None:
+        batch, state.pending = state.pending, []
+        if batch:
+            state.parts.append(
+                await asyncio.to_thread(normalize_records, state.dataset, batch, self.context)
+            )
+
+    async def _write(
+        self, dataset: str, kind: Literal["raw", "quarantine"], value: dt.date, table: Any
+    ) -> None:
+        info = DATASETS[dataset]
+        path = partition_path(info, value, self.plan.run_id, quarantine=kind == "quarantine")
+        async with self.writes:
+            try:
+                data = await asyncio.to_thread(encode_parquet, table)
+                stored = await asyncio.to_thread(self.lake.write_file, path, data)
+            except LakeError as error:
+                self.failures.append(Failure(dataset, None, "LakeWriteError", str(error)))
+                return
+        column = "ingest_date" if kind == "quarantine" else info.partition
+        self.files.append(FileRecord(dataset, kind, f"{column}={value}", table.num_rows, stored))
+        self._tick()
+
+    async def _land(self, state: _DatasetState) -> tuple[pl.DataFrame, int, int]:
+        await self._flush(state)
+        dataset = state.dataset
+        parts = state.parts
+        rows = pl.concat([p.rows for p in parts]) if parts else None
+        if rows is None or rows.is_empty():
+            rows = normalize_records(dataset, [], self.context).rows
+        # Batches are deduplicated one by one; a key can only repeat across overlapping answers.
+        rows = rows.unique(subset=list(dataset.key), keep="first", maintain_order=True)
+        quarantine = pl.concat([p.quarantine for p in parts]) if parts else None
+        duplicates = sum(p.duplicates_dropped for p in parts)
+        ingest_date = self.ingested_at.date()
+        async with asyncio.TaskGroup() as group:
+            for value, table in split_partitions(dataset, rows, ingest_date):
+                group.create_task(self._write(dataset.name, "raw", value, table))
+            if quarantine is not None and quarantine.height:
+                group.create_task(
+                    self._write(
+                        dataset.name, "quarantine", ingest_date, quarantine_table(quarantine)
+                    )
+                )
+        state.finished = time.monotonic()
+        return rows, (quarantine.height if quarantine is not None else 0), duplicates
+
+    async def run(self) -> tuple[list[DatasetSummary], dict[str, dict[str, tuple[dt.date, ...]]]]:
+        by_dataset: dict[str, list[Request]] = defaultdict(list)
+        for request in self.plan.requests:
+            by_dataset[request.dataset].append(request)
+
+        async def one_dataset(name: str) -> tuple[DatasetSummary, dict[str, tuple[dt.date, ...]]]:
+            state = self.states[name]
+            async with asyncio.TaskGroup() as group:
+                for request in by_dataset[name]:
+                    group.create_task(self._run_request(request))
+            rows, quarantined, duplicates = await self._land(state)
+            stats = self.client.stats.get(name)
+            files = [f for f in self.files if f.dataset == name]
+            gaps = (
+                _gaps(rows, self.plan.sessions, state.ok_symbols)
+                if state.dataset.kind == "prices"
+                else {}
+            )
+            summary = DatasetSummary(
+                dataset=name,
+                symbols_ok=len(state.ok_symbols - state.failed_symbols),
+                symbols_failed=len(state.failed_symbols),
+                symbols_without_data=tuple(
+                    sorted(state.ok_symbols - state.symbols_with_rows - state.failed_symbols)
+                ),
+                rows=rows.height,
+                quarantined=quarantined,
+                duplicates_dropped=duplicates,
+                files=len(files),
+                bytes=sum(f.stored.bytes for f in files),
+                requests=stats.requests if stats else 0,
+                retries=stats.retries if stats else 0,
+                rate_limited=stats.rate_limited if stats else 0,
+                seconds=round(state.finished - state.started, 3),
+            )
+            return summary, gaps
+
+        async with asyncio.TaskGroup() as group:
+            tasks = [group.create_task(one_dataset(name)) for name in self.plan.datasets]
+        results = [t.result() for t in tasks]
+        gaps = {name: g for name, (_, g) in zip(self.plan.datasets, results, strict=True) if g}
+        return [s for s, _ in results], gaps
+
+
+def _gaps(
+    rows: pl.DataFrame, sessions: Iterable[dt.date], symbols: Iterable[str]
+) -> dict[str, tuple[dt.date, ...]]:
+    """Sessions in range without a row, per symbol that answered (listings start and stop)."""
+    expected = set(sessions)
+    present: dict[str, set[dt.date]] = defaultdict(set)
+    for symbol, day in rows.select("symbol", "date").iter_rows():
+        present[symbol].add(day)
+    out = {}
+    for symbol in sorted(symbols):
+        missing = expected - present.get(symbol, set())
+        if missing:
+            out[symbol] = tuple(sorted(missing))
+    return out
+
+
+def _first_leaf(group: BaseExceptionGroup[FmpAuthError]) -> FmpAuthError:
+    """The first FmpAuthError in a (nested) group from the run's task groups."""
+    first = group.exceptions[0]
+    return first if isinstance(first, FmpAuthError) else _first_leaf(first)
+
+
+async def run_ingest(
+    plan: Plan,
+    *,
+    client: FmpClient,
+    lake: Lake,
+    started_at: dt.datetime,
+    parameters: Mapping[str, Any] | None = None,
+    progress: Callable[[ProgressEvent], None] | None = None,
+    write_concurrency: int = 8,
+    max_price_rows: int = PRICE_ROW_CAP,
+) -> RunReport:
+    """Fetch, normalize and land every request of `plan`, then write the manifest last.
+
+    A refused key aborts the run: the manifest records the abort and FmpAuthError propagates.
+    """
+    run = _Run(plan, client, lake, started_at, progress, write_concurrency, max_price_rows)
+    params = dict(parameters or {})
+
+    def report(
+        status: Literal["ok", "partial", "aborted"],
+        exit_code: ExitCode,
+        summaries: Sequence[DatasetSummary],
+        gaps: Mapping[str, Any],
+    ) -> RunReport:
+        return RunReport(
+            run_id=plan.run_id,
+            status=status,
+            exit_code=exit_code,
+            started_at=started_at,
+            finished_at=dt.datetime.now(dt.UTC),
+            lake=lake.uri,
+            plan=plan,
+            summaries=tuple(summaries),
+            files=tuple(sorted(run.files, key=lambda f: f.stored.path)),
+            failures=tuple(run.failures),
+            gaps=gaps,
+            parameters=params,
+        )
+
+    try:
+        summaries, gaps = await run.run()
+    except* FmpAuthError as group:
+        error = _first_leaf(group)
+        run.failures.append(
+            Failure(error.dataset or "", error.symbol, "FmpAuthError", str(error), error.status)
+        )
+        aborted = report("aborted", ExitCode.AUTH, [], {})
+        await asyncio.to_thread(write_manifest, lake, aborted.to_manifest())
+        raise error from None
+    partial = bool(run.failures)
+    final = report(
+        "partial" if partial else "ok",
+        ExitCode.PARTIAL if partial else ExitCode.OK,
+        summaries,
+        gaps,
+    )
+    stored = await asyncio.to_thread(write_manifest, lake, final.to_manifest())
+    return RunReport(
+        **{**{f: getattr(final, f) for f in final.__dataclass_fields__}, "manifest": stored}
+    )

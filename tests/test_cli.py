@@ -1,0 +1,206 @@
+"""The CLI end to end against the FMP simulator: one test per exit code, dry runs, no leaked key."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from stock_pipeline.cli import app
+from stock_pipeline.datasets import DATASETS
+from stock_pipeline.errors import ExitCode
+from stock_pipeline.lake import LocalLake, read_dataset, read_manifests
+from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
+from tests.support import API_KEY, assert_no_secret, files_under
+
+runner = CliRunner()
+
+
+def write_tickers(path: Path, *symbols: str) -> Path:
+    path.write_text("symbol\n" + "\n".join(symbols) + "\n")
+    return path
+
+
+def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
+    result = runner.invoke(app, list(args), env=env, catch_exceptions=False)
+    return result.exit_code, result.output
+
+
+def ingest_args(url: str, lake: Path, tickers: Path, *extra: str) -> list[str]:
+    return [
+        "ingest", "--fmp-base-url", url, "--lake", str(lake), "--tickers-path", str(tickers),
+        "--start", "2025-03-03", "--end", "2025-03-14", "--rate-limit", "6000", *extra,
+    ]  # fmt: skip
+
+
+def test_full_run_exits_0_and_lands_every_dataset(tmp_path: Path) -> None:
+    tickers = write_tickers(tmp_path / "t.csv", "AAPL", "MSFT", "BRK-B")
+    with SimulatorThread(SimulatorConfig(api_key=API_KEY)) as sim:
+        code, output = invoke(
+            *ingest_args(sim.url, tmp_path / "lake", tickers), env={"FMP_API_KEY": API_KEY}
+        )
+    assert code == ExitCode.OK, output
+    lake = LocalLake(tmp_path / "lake")
+    prices = read_dataset(lake, DATASETS["prices"])
+    assert prices.height == 3 * 10  # ten sessions from 3 to 14 March 2025
+    assert sorted(prices["symbol"].unique()) == ["AAPL", "BRK-B", "MSFT"]
+    price_files = [p for p in files_under(tmp_path / "lake" / "raw" / "prices")]
+    assert len(price_files) == 10  # one file per session, never one per symbol
+    for name in ("income_statement", "balance_sheet", "cash_flow", "profile"):
+        assert read_dataset(lake, DATASETS[name]).height > 0, name
+    [manifest] = read_manifests(lake)
+    assert manifest["status"] == "ok"
+    assert manifest["exit_code"] == 0
+    assert {f["path"] for f in manifest["files"]} == {
+        p.relative_to(tmp_path / "lake").as_posix()
+        for p in files_under(tmp_path / "lake")
+        if "_runs" not in p.parts
+    }
+    assert "Run " in output
+    assert "prices" in output
+
+
+def test_partial_failure_exits_1_and_keeps_the_rest(tmp_path: Path) -> None:
+    tickers = write_tickers(tmp_path / "t.csv", "AAPL", "GATED", "MSFT")
+    config = SimulatorConfig(api_key=API_KEY, plan_gated_symbols=frozenset({"GATED"}))
+    with SimulatorThread(config) as sim:
+        code, output = invoke(
+            *ingest_args(sim.url, tmp_path / "lake", tickers, "--datasets", "prices,profile"),
+            env={"FMP_API_KEY": API_KEY},
+        )
+    assert code == ExitCode.PARTIAL, output
+    lake = LocalLake(tmp_path / "lake")
+    prices = read_dataset(lake, DATASETS["prices"])
+    assert sorted(prices["symbol"].unique()) == ["AAPL", "MSFT"]
+    [manifest] = read_manifests(lake)
+    assert manifest["status"] == "partial"
+    failed = {(f["dataset"], f["symbol"]) for f in manifest["failures"]}
+    assert failed == {("prices", "GATED"), ("profile", "GATED")}
+    assert manifest["summary"]["prices"]["symbols_failed"] == 1
+    assert "GATED" in output
+    assert_no_secret(output + json.dumps(manifest))
+
+
+def test_missing_key_exits_2_before_any_request(tmp_path: Path) -> None:
+    tickers = write_tickers(tmp_path / "t.csv", "AAPL")
+    with SimulatorThread(SimulatorConfig(api_key=API_KEY)) as sim:
+        code, output = invoke(*ingest_args(sim.url, tmp_path / "lake", tickers))
+        assert sim.simulator.requests == []
+    assert code == ExitCode.USAGE
+    assert "FMP_API_KEY" in output
+    assert not (tmp_path / "lake").exists()
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("ticker\nAAPL\n", "needs a 'symbol' column"),
+        ("symbol\n", "lists no symbols"),
+        ("symbol\nAAPL\nnot a symbol!\n", "invalid symbols"),
+    ],
+)
+def test_bad_tickers_file_exits_2(tmp_path: Path, content: str, message: str) -> None:
+    tickers = tmp_path / "t.csv"
+    tickers.write_text(content)
+    code, output = invoke(
+        "ingest", "--tickers-path", str(tickers), "--lake", str(tmp_path / "lake"),
+        env={"FMP_API_KEY": API_KEY},
+    )  # fmt: skip
+    assert code == ExitCode.USAGE
+    assert message in output
+    assert not (tmp_path / "lake").exists()
+
+
+def test_missing_tickers_file_exits_2(tmp_path: Path) -> None:
+    code, output = invoke(
+        "ingest", "--tickers-path", str(tmp_path / "nope.csv"), env={"FMP_API_KEY": API_KEY}
+    )
+    assert code == ExitCode.USAGE
+    assert "tickers file not found" in output
+
+
+def test_unknown_dataset_exits_2(tmp_path: Path) -> None:
+    code, output = invoke("ingest", "--datasets", "prices,options", env={"FMP_API_KEY": API_KEY})
+    assert code == ExitCode.USAGE
+    assert "options" in output
+
+
+def test_refused_key_exits_3_after_one_request(tmp_path: Path) -> None:
+    tickers = write_tickers(tmp_path / "t.csv", *[f"S{i}" for i in range(20)])
+    with SimulatorThread(SimulatorConfig(api_key="the-real-key")) as sim:
+        code, output = invoke(
+            *ingest_args(sim.url, tmp_path / "lake", tickers, "--concurrency", "1"),
+            env={"FMP_API_KEY": API_KEY},
+        )
+        statuses = [r.status for r in sim.simulator.requests]
+    assert code == ExitCode.AUTH, output
+    assert statuses == [401]  # aborted at once, not once per symbol
+    assert "refused the API key" in output
+    assert not (tmp_path / "lake" / "raw").exists()
+    [manifest] = read_manifests(LocalLake(tmp_path / "lake"))
+    assert manifest["status"] == "aborted"
+    assert_no_secret(output + json.dumps(manifest))
+
+
+def test_dry_run_prints_the_plan_and_sends_nothing(tmp_path: Path) -> None:
+    tickers = write_tickers(tmp_path / "t.csv", "AAPL", "MSFT")
+    with SimulatorThread(SimulatorConfig(api_key=API_KEY)) as sim:
+        code, output = invoke(
+            *ingest_args(sim.url, tmp_path / "lake", tickers, "--dry-run"),
+        )
+        assert sim.simulator.requests == []
+    assert code == ExitCode.OK
+    assert "total" in output
+    assert "estimated time" in output
+    # 2 symbols: prices 2, three statements x 2 periods x 2, profile 2
+    assert "16" in output
+    assert not (tmp_path / "lake").exists()
+
+
+def test_transient_faults_are_retried_and_the_run_succeeds(tmp_path: Path) -> None:
+    tickers = write_tickers(tmp_path / "t.csv", "AAPL", "MSFT")
+    faults = {
+        "AAPL": (Fault(kind="server_error", times=2), Fault(kind="truncated", times=1)),
+        "MSFT": (Fault(kind="limit_reach_200", times=1), Fault(kind="drop_connection", times=1)),
+    }
+    with SimulatorThread(SimulatorConfig(api_key=API_KEY, faults=faults)) as sim:
+        code, output = invoke(
+            *ingest_args(sim.url, tmp_path / "lake", tickers, "--datasets", "prices"),
+            env={"FMP_API_KEY": API_KEY, "STOCK_PIPELINE_RETRY_BASE_DELAY": "0"},
+        )
+    assert code == ExitCode.OK, output
+    prices = read_dataset(LocalLake(tmp_path / "lake"), DATASETS["prices"])
+    assert prices.group_by("symbol").len().sort("symbol")["len"].to_list() == [10, 10]
+    [manifest] = read_manifests(LocalLake(tmp_path / "lake"))
+    assert manifest["summary"]["prices"]["retries"] >= 4
+
+
+def test_catch_up_starts_after_the_last_landed_session(tmp_path: Path) -> None:
+    tickers = write_tickers(tmp_path / "t.csv", "AAPL")
+    lake_dir = tmp_path / "lake"
+    with SimulatorThread(SimulatorConfig(api_key=API_KEY)) as sim:
+        env = {"FMP_API_KEY": API_KEY}
+        first = ingest_args(sim.url, lake_dir, tickers, "--datasets", "prices")
+        code, output = invoke(*first, env=env)
+        assert code == ExitCode.OK, output
+        # A missed night: the next run names only --end and fetches from 17 March on.
+        code, output = invoke(
+            "ingest", "--fmp-base-url", sim.url, "--lake", str(lake_dir), "--tickers-path",
+            str(tickers), "--end", "2025-03-19", "--datasets", "prices", env=env,
+        )  # fmt: skip
+        assert code == ExitCode.OK, output
+        second = sim.simulator.requests[-1].params
+        assert (second["from"], second["to"]) == ("2025-03-17", "2025-03-19")
+        # Nothing new: nothing fetched.
+        before = len(sim.simulator.requests)
+        code, output = invoke(
+            "ingest", "--fmp-base-url", sim.url, "--lake", str(lake_dir), "--tickers-path",
+            str(tickers), "--end", "2025-03-19", "--datasets", "prices", env=env,
+        )  # fmt: skip
+        assert code == ExitCode.OK
+        assert "nothing to fetch" in output
+        assert len(sim.simulator.requests) == before
+    prices = read_dataset(LocalLake(lake_dir), DATASETS["prices"])
+    assert prices["date"].n_unique() == 13  # 3-14 March (10 sessions) and 17-19 March
