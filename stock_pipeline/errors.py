@@ -2,7 +2,8 @@
 
     StockPipelineError                 base; never raised itself
     ├── ConfigError           exit 2   bad options, tickers file, missing key; found before any request
-    ├── LakeError             exit 2   the lake cannot be reached or written (raised by lake.py)
+    ├── LakeError             exit 2   the lake cannot be reached, listed or read (raised by lake.py)
+    │   └── LakeWriteError    exit 1   a file could not be written after the run started
     └── FmpError              exit 1   one FMP request failed (raised by fmp.py, recorded per request)
         ├── FmpAuthError      exit 3   the key was refused (401, or 403 on a legacy endpoint): abort
         ├── FmpPlanError      exit 1   402: a symbol, parameter or endpoint is outside the plan
@@ -32,6 +33,7 @@ __all__ = [
     "FmpServerError",
     "FmpTransportError",
     "LakeError",
+    "LakeWriteError",
     "StockPipelineError",
 ]
 
@@ -65,6 +67,12 @@ class LakeError(StockPipelineError):
     def __init__(self, message: str, *, uri: str | None = None) -> None:
         super().__init__(message)
         self.uri = uri
+
+
+class LakeWriteError(LakeError):
+    """A write failed after the run started: what landed before it stays, the run is partial."""
+
+    exit_code = ExitCode.PARTIAL
 
 
 class FmpError(StockPipelineError):

@@ -35,7 +35,7 @@ from stock_pipeline.datasets import (
     QUARANTINE_COLUMNS,
     Dataset,
 )
-from stock_pipeline.errors import LakeError
+from stock_pipeline.errors import LakeError, LakeWriteError
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -61,12 +61,6 @@ RAW = "raw"
 QUARANTINE = "quarantine"
 RUNS = "_runs"
 _QUARANTINE_SCHEMA = pa.schema([pa.field(c.name, c.type.arrow) for c in QUARANTINE_COLUMNS])
-
-
-class LakeWriteError(LakeError):
-    """A write failed after the run started: what landed before it stays, the run is partial."""
-
-    exit_code = LakeError.exit_code.PARTIAL
 
 
 @dataclass(frozen=True, slots=True)
@@ -149,6 +143,16 @@ class LocalLake:
         return sorted(p for p in found if _visible(p))
 
 
+_S3_HINTS = {
+    "404": "the bucket does not exist",
+    "NoSuchBucket": "the bucket does not exist",
+    "403": "access denied; check the AWS credentials and the bucket policy",
+    "AccessDenied": "access denied; check the AWS credentials and the bucket policy",
+    "InvalidAccessKeyId": "the AWS access key is not valid",
+    "SignatureDoesNotMatch": "the AWS secret key does not match the access key",
+}
+
+
 class S3Lake:
     """A lake under an S3 prefix, through a boto3 client the caller builds."""
 
@@ -172,11 +176,17 @@ class S3Lake:
         return f"{self.prefix}/{path}" if self.prefix else path
 
     def _translate(self, error: Exception, action: str) -> LakeError:
-        from botocore.exceptions import ClientError
+        from botocore.exceptions import ClientError, NoCredentialsError
 
         if isinstance(error, ClientError):
             info = error.response.get("Error", {})
-            detail = f"{info.get('Code', '?')}: {info.get('Message', '')}".strip()
+            code = str(info.get("Code", "?"))
+            detail = _S3_HINTS.get(code) or f"{code}: {info.get('Message', '')}".strip()
+        elif isinstance(error, NoCredentialsError):
+            detail = (
+                "no AWS credentials found "
+                "(set AWS_PROFILE, or AWS_ACCESS_KEY_ID and AWS_SECRET_ACCESS_KEY)"
+            )
         else:
             detail = f"{type(error).__name__}: {error}"
         return LakeError(f"S3 {action} failed on {self.uri}: {detail}", uri=self.uri)

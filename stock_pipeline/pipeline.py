@@ -49,8 +49,8 @@ __all__ = [
 
 #: Normalize a dataset's records in batches of about this many, to keep memory flat on big backfills.
 NORMALIZE_BATCH_ROWS = 50_000
-#: Price windows stay this far below FMP's cap, so a full answer is never mistaken for a capped one.
-WINDOW_HEADROOM = 100
+#: Price windows ask for at most this share of FMP's cap, so a full answer is never taken for a capped one.
+WINDOW_FILL = 0.98
 MANIFEST_VERSION = 1
 
 
@@ -115,7 +115,7 @@ def resolve_range(
 
 
 def _price_windows(sessions: Sequence[dt.date], max_rows: int) -> list[tuple[dt.date, ...]]:
-    size = max(1, max_rows - WINDOW_HEADROOM)
+    size = max(1, int(max_rows * WINDOW_FILL))
     return [tuple(sessions[i : i + size]) for i in range(0, len(sessions), size)]
 
 
@@ -288,6 +288,15 @@ class _DatasetState:
     symbols_with_rows: set[str] = field(default_factory=set)
     dead: FmpPlanError | None = None
     finished: float = 0.0
+    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    def give_up(self, error: FmpPlanError) -> None:
+        """FMP refused the whole endpoint: stop the requests still waiting to be sent."""
+        self.dead = error
+        current = asyncio.current_task()
+        for task in self.tasks:
+            if task is not current and not task.done():
+                task.cancel()
 
 
 class _Run:
@@ -374,9 +383,13 @@ class _Run:
             records = await self._fetch(request, request.window)
         except FmpAuthError:
             raise
+        except asyncio.CancelledError:
+            if state.dead is None:
+                raise
+            self._fail(state, request.symbol, state.dead)  # cancelled by give_up
         except FmpPlanError as error:
             if error.scope == "dataset" and state.dead is None:
-                state.dead = error
+                state.give_up(error)
             self._fail(state, request.symbol, error)
         except FmpError as error:
             self._fail(state, request.symbol, error)
@@ -451,8 +464,7 @@ class _Run:
         async def one_dataset(name: str) -> tuple[DatasetSummary, dict[str, tuple[dt.date, ...]]]:
             state = self.states[name]
             async with asyncio.TaskGroup() as group:
-                for request in by_dataset[name]:
-                    group.create_task(self._run_request(request))
+                state.tasks = [group.create_task(self._run_request(r)) for r in by_dataset[name]]
             rows, quarantined, duplicates = await self._land(state)
             stats = self.client.stats.get(name)
             files = [f for f in self.files if f.dataset == name]

@@ -1185,7 +1185,7 @@ class FmpSimulator:
         self.requests[slot] = RecordedRequest(received, endpoint, params, status)
         if response is None:
             if request.transport is not None:
-                request.transport.close()
+                request.transport.abort()
             return web.Response()  # never reaches the client: the connection is already closed
         return response
 
@@ -1350,7 +1350,8 @@ class SimulatorThread:
             # The loop may close between the check and the call.
             with suppress(RuntimeError):
                 loop.call_soon_threadsafe(stop.set)
-        self._thread.join(timeout=10.0)
+        if self._thread.ident is not None:
+            self._thread.join(timeout=10.0)
 
     def __enter__(self) -> SimulatorThread:
         self.start()
@@ -1391,7 +1392,10 @@ def main(argv: Sequence[str] | None = None) -> None:
 
     async def run() -> None:
         async with serve(FmpSimulator(config), args.host, args.port) as url:
-            print(f"FMP simulator at {url}/stable/ (api key {config.api_key!r}); Ctrl-C stops it")
+            print(
+                f"FMP simulator at {url}/stable/ (api key {config.api_key!r}); Ctrl-C stops it",
+                flush=True,
+            )
             await asyncio.Event().wait()
 
     with suppress(KeyboardInterrupt):

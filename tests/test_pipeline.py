@@ -1,0 +1,262 @@
+"""run_ingest end to end: the simulator over HTTP, S3 through a moto server, the real calendar."""
+
+from __future__ import annotations
+
+import datetime as dt
+import io
+import json
+import logging
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import aiohttp
+import polars as pl
+import pyarrow.parquet as pq
+import pytest
+
+from stock_pipeline.datasets import DATASETS
+from stock_pipeline.errors import ExitCode, FmpAuthError, LakeWriteError
+from stock_pipeline.fmp import FmpClient, RequestPacer, RetryPolicy
+from stock_pipeline.lake import LocalLake, S3Lake, StoredFile, read_dataset, read_manifests
+from stock_pipeline.market_calendar import sessions_between
+from stock_pipeline.pipeline import RunReport, plan_run, run_ingest
+from stock_pipeline.simulator import Fault
+from tests.conftest import SimulatorFactory
+from tests.support import API_KEY, all_text_under, assert_no_secret
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+START, END = dt.date(2025, 3, 3), dt.date(2025, 3, 14)
+STARTED = dt.datetime(2025, 3, 15, 2, 0, tzinfo=dt.UTC)
+
+
+@asynccontextmanager
+async def fmp_client(url: str, **overrides: object) -> AsyncIterator[FmpClient]:
+    async with aiohttp.ClientSession() as session:
+        options: dict[str, object] = {
+            "session": session,
+            "base_url": url,
+            "api_key": API_KEY,
+            "pacer": RequestPacer(60_000),
+            "retry": RetryPolicy(attempts=3, base_delay=0),
+            **overrides,
+        }
+        yield FmpClient(**options)  # type: ignore[arg-type]
+
+
+async def ingest(
+    url: str,
+    lake: LocalLake | S3Lake,
+    symbols: tuple[str, ...],
+    datasets: tuple[str, ...] = ("prices",),
+    *,
+    start: dt.date = START,
+    end: dt.date = END,
+    max_price_rows: int = 5000,
+) -> RunReport:
+    plan = plan_run(
+        run_id="20250315T020000Z-test", symbols=symbols, datasets=datasets, start=start, end=end
+    )
+    async with fmp_client(url) as client:
+        return await run_ingest(
+            plan, client=client, lake=lake, started_at=STARTED, max_price_rows=max_price_rows
+        )
+
+
+async def test_lands_a_lake_in_s3_and_reads_it_back(
+    fmp_server: SimulatorFactory, s3_client: S3Client, bucket: str
+) -> None:
+    lake = S3Lake(s3_client, bucket, "fmp")
+    datasets = (
+        "prices",
+        "adjusted_prices",
+        "income_statement",
+        "balance_sheet",
+        "cash_flow",
+        "profile",
+    )
+    async with fmp_server() as (url, _):
+        report = await ingest(url, lake, ("AAPL", "MSFT"), datasets)
+    assert report.status == "ok"
+    assert report.exit_code is ExitCode.OK
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]]
+    price_keys = [k for k in keys if k.startswith("fmp/raw/prices/")]
+    assert len(price_keys) == len(sessions_between(START, END)) == 10
+    assert "fmp/_runs/20250315T020000Z-test.json" in keys
+    # Read straight from S3 with pyarrow: one file per session, both symbols in it.
+    body = s3_client.get_object(Bucket=bucket, Key=price_keys[0])["Body"].read()
+    table = pq.read_table(io.BytesIO(body))
+    assert table.column("symbol").to_pylist() == ["AAPL", "MSFT"]
+    for name in datasets:
+        frame = read_dataset(lake, DATASETS[name])
+        assert frame.height > 0, name
+        assert set(frame["symbol"]) == {"AAPL", "MSFT"}
+    statements = read_dataset(lake, DATASETS["income_statement"])
+    assert {"FY", "Q1", "Q2", "Q3", "Q4"} <= set(statements["period"])
+    manifest = json.loads(lake.read_file("_runs/20250315T020000Z-test.json"))
+    assert sum(f["rows"] for f in manifest["files"] if f["dataset"] == "prices") == 20
+    assert {f["path"] for f in manifest["files"]} == {
+        k.removeprefix("fmp/") for k in keys if "/_runs/" not in k
+    }
+
+
+async def test_a_capped_price_window_is_split_and_fetched_again(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = LocalLake(tmp_path)
+    start, end = dt.date(2024, 1, 2), dt.date(2024, 12, 31)
+    sessions = sessions_between(start, end)
+    # The simulator caps answers at 100 rows as FMP caps them at 5,000, but the plan asks for a
+    # whole year in one window: every answer at the cap is split and fetched again.
+    async with fmp_server(max_price_rows=100) as (url, simulator):
+        report = await ingest(url, lake, ("AAPL",), start=start, end=end, max_price_rows=100)
+    prices = read_dataset(lake, DATASETS["prices"])
+    assert prices.height == len(sessions) == 252
+    assert prices["date"].to_list() == sessions
+    assert report.summaries[0].requests == len(simulator.requests) > len(report.plan.requests)
+    assert report.gaps == {}
+
+
+async def test_an_endpoint_outside_the_plan_fails_only_that_dataset(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = LocalLake(tmp_path)
+    symbols = tuple(f"S{i:02d}" for i in range(40))
+    async with fmp_server(
+        gated_endpoints=frozenset({"historical-price-eod/dividend-adjusted"})
+    ) as (
+        url,
+        simulator,
+    ):
+        report = await ingest(url, lake, symbols, ("prices", "adjusted_prices"))
+        adjusted_requests = [r for r in simulator.requests if "dividend" in r.endpoint]
+    assert report.status == "partial"
+    assert report.exit_code is ExitCode.PARTIAL
+    by_name = {s.dataset: s for s in report.summaries}
+    assert by_name["prices"].symbols_ok == 40
+    assert by_name["adjusted_prices"].symbols_failed == 40
+    # Once FMP said the endpoint is not in the plan, only the requests already in flight (at most
+    # the client's concurrency of 8) had been sent; the rest were not.
+    assert len(adjusted_requests) <= 8
+    assert {f.symbol for f in report.failures} == set(symbols)
+    assert read_dataset(lake, DATASETS["prices"]).height == 400
+    assert read_dataset(lake, DATASETS["adjusted_prices"]).is_empty()
+
+
+async def test_bad_rows_go_to_quarantine_and_quirks_are_absorbed(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = LocalLake(tmp_path)
+    faults = {
+        "AAPL": (Fault(kind="bad_rows"), Fault(kind="duplicates")),
+        "MSFT": (Fault(kind="numbers_as_strings"), Fault(kind="extra_field")),
+    }
+    async with fmp_server(faults=faults) as (url, _):
+        report = await ingest(url, lake, ("AAPL", "MSFT"))
+    summary = report.summaries[0]
+    assert report.status == "ok"
+    assert summary.quarantined == 2
+    assert summary.duplicates_dropped > 0
+    quarantine = read_dataset(lake, DATASETS["prices"], quarantine=True)
+    assert set(quarantine["symbol"]) == {"AAPL"}
+    reasons = " | ".join(quarantine["_reason"])
+    assert "low above open or close" in reasons
+    assert "negative volume" in reasons
+    assert all(json.loads(raw)["symbol"] == "AAPL" for raw in quarantine["_raw"])
+    prices = read_dataset(lake, DATASETS["prices"])
+    msft = prices.filter(pl.col("symbol") == "MSFT")
+    assert msft.height == 10
+    assert msft.schema["close"] == pl.Float64
+    # A field FMP added later is kept, as sent (here a string, like every MSFT value).
+    assert all(json.loads(extra) == {"newMetric": "1.5"} for extra in msft["_extra"])
+    # Nothing lost: every quarantined AAPL session is missing from raw and reported as a gap.
+    assert prices.filter(pl.col("symbol") == "AAPL").height == 8
+    assert len(report.gaps["prices"]["AAPL"]) == 2
+
+
+async def test_unknown_symbols_are_reported_as_without_data(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    async with fmp_server(unknown_symbols=frozenset({"NOPE"})) as (url, _):
+        report = await ingest(url, LocalLake(tmp_path), ("AAPL", "NOPE"))
+    assert report.status == "ok"
+    assert report.summaries[0].symbols_without_data == ("NOPE",)
+    assert report.gaps["prices"]["NOPE"] == tuple(sessions_between(START, END))
+
+
+class RecordingLake(LocalLake):
+    """A real local lake that remembers the order of writes and can fail one path."""
+
+    def __init__(self, root: Path, fail_on: str | None = None) -> None:
+        super().__init__(root)
+        self.order: list[str] = []
+        self.fail_on = fail_on
+
+    def write_file(self, path: str, data: bytes) -> StoredFile:
+        if self.fail_on and self.fail_on in path:
+            raise LakeWriteError(f"simulated disk failure writing {path}")
+        self.order.append(path)
+        return super().write_file(path, data)
+
+
+async def test_the_manifest_is_written_after_every_data_file(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = RecordingLake(tmp_path)
+    async with fmp_server() as (url, _):
+        await ingest(url, lake, ("AAPL",), ("prices", "profile"))
+    assert lake.order[-1].startswith("_runs/")
+    assert len(lake.order) == 12  # ten price sessions, one profile file, the manifest
+
+
+async def test_a_failed_file_write_makes_the_run_partial_and_is_listed(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = RecordingLake(tmp_path, fail_on="date=2025-03-05")
+    async with fmp_server() as (url, _):
+        report = await ingest(url, lake, ("AAPL",))
+    assert report.exit_code is ExitCode.PARTIAL
+    [failure] = report.failures
+    assert "2025-03-05" in failure.error
+    [manifest] = read_manifests(lake)
+    assert manifest["failures"][0]["reason"] == "LakeWriteError"
+    assert len(manifest["files"]) == 9
+
+
+async def test_a_refused_key_aborts_and_leaks_nowhere(
+    fmp_server: SimulatorFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    lake = LocalLake(tmp_path / "lake")
+    async with fmp_server(api_key="another-key") as (url, simulator):
+        with pytest.raises(FmpAuthError) as raised:
+            await ingest(url, lake, tuple(f"S{i}" for i in range(30)))
+        sent = len(simulator.requests)
+    assert sent <= 8  # at most the requests already in flight, not one per symbol
+    assert not (tmp_path / "lake" / "raw").exists()
+    [manifest] = read_manifests(lake)
+    assert manifest["status"] == "aborted"
+    assert manifest["exit_code"] == 3
+    text = str(raised.value) + repr(raised.value) + caplog.text + all_text_under(tmp_path)
+    assert "apikey=***" in str(raised.value)
+    assert_no_secret(text)
+
+
+async def test_failures_after_retries_leak_no_key(
+    fmp_server: SimulatorFactory, tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    caplog.set_level(logging.DEBUG)
+    faults = {"AAPL": (Fault(kind="server_error"),), "MSFT": (Fault(kind="not_json"),)}
+    async with fmp_server(faults=faults, plan_gated_symbols=frozenset({"IBM"})) as (url, _):
+        report = await ingest(url, LocalLake(tmp_path), ("AAPL", "MSFT", "IBM", "KO"))
+    assert report.exit_code is ExitCode.PARTIAL
+    assert {f.symbol for f in report.failures} == {"AAPL", "MSFT", "IBM"}
+    assert read_dataset(LocalLake(tmp_path), DATASETS["prices"])["symbol"].unique().to_list() == [
+        "KO"
+    ]
+    text = json.dumps(report.to_manifest()) + caplog.text + all_text_under(tmp_path)
+    assert "apikey=***" in text
+    assert_no_secret(text)
