@@ -8,10 +8,13 @@ from __future__ import annotations
 
 import asyncio
 import json
+import logging
+import math
 import random
 import re
 from collections import deque
-from collections.abc import Awaitable, Callable, Mapping
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
+from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
 from urllib.parse import urlencode
@@ -40,6 +43,8 @@ __all__ = [
     "redact",
 ]
 
+log = logging.getLogger(__name__)
+
 DEFAULT_BASE_URL = "https://financialmodelingprep.com"
 #: Requests per minute on FMP's Starter plan.
 DEFAULT_RATE_LIMIT = 300
@@ -58,38 +63,74 @@ def redact(text: str, secret: str | None = None) -> str:
     return text
 
 
+class _Send:
+    """One paced request: when it left, and when its answer (or failure) came back."""
+
+    __slots__ = ("done", "finished", "sent")
+
+    def __init__(self, sent: float) -> None:
+        self.sent = sent
+        self.finished: float | None = None
+        self.done = asyncio.Event()
+
+
 class RequestPacer:
-    """At most `limit` requests in any `window` seconds, spaced evenly from the first request.
+    """At most `limit` requests in any `window` seconds, as the server counts them, from the first.
 
     aiolimiter's bucket holds one token, so requests leave one every `window / limit` seconds and never
-    burst; a log of the last `limit` send times then guarantees the sliding-window bound outright,
-    with a small margin for the time a request spends in flight. Build it inside the running loop.
+    burst. On top of that, request number k + limit leaves only `window` seconds after request k's
+    answer came back: the server saw request k at the latest then, so however long requests wait in
+    queues or in flight, no window on the server's clock holds more than `limit` of them. Build it
+    inside the running loop.
     """
 
-    def __init__(self, limit: int, window: float = 60.0, *, margin: float = 0.01) -> None:
+    def __init__(self, limit: int, window: float = 60.0) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
         self.window = window
-        self._guard = window * (1 + margin)
         self._spacing = AsyncLimiter(1, window / limit)
-        self._sent: deque[float] = deque(maxlen=limit)
+        self._log: deque[_Send] = deque(maxlen=limit)
         self._lock = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
 
     @property
     def sent(self) -> tuple[float, ...]:
         """Loop times of the most recent sends (at most `limit`)."""
-        return tuple(self._sent)
+        return tuple(entry.sent for entry in self._log)
 
-    async def acquire(self) -> None:
+    async def _wait_turn(self) -> _Send:
         async with self._lock:
             await self._spacing.acquire()
-            if len(self._sent) == self.limit:
-                wait = self._sent[0] + self._guard - self._loop.time()
+            if len(self._log) == self.limit:
+                oldest = self._log[0]
+                await oldest.done.wait()
+                assert oldest.finished is not None
+                wait = oldest.finished + self.window - self._loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
-            self._sent.append(self._loop.time())
+            entry = _Send(self._loop.time())
+            self._log.append(entry)
+            return entry
+
+    @staticmethod
+    def _finish(entry: _Send, at: float) -> None:
+        entry.finished = at
+        entry.done.set()
+
+    @asynccontextmanager
+    async def slot(self) -> AsyncIterator[None]:
+        """Wait for the turn to send; the request goes inside the block."""
+        entry = await self._wait_turn()
+        try:
+            yield
+        finally:
+            self._finish(entry, self._loop.time())
+
+    async def acquire(self) -> None:
+        """Wait for the turn to send a request that is over as soon as it leaves."""
+        entry = await self._wait_turn()
+        self._finish(entry, entry.sent)
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -123,9 +164,10 @@ def _retry_after(headers: Mapping[str, str]) -> float | None:
     if value is None:
         return None
     try:
-        return float(value)
+        seconds = float(value)
     except ValueError:
         return None  # an HTTP date: rare enough to fall back to backoff
+    return seconds if math.isfinite(seconds) else None
 
 
 @dataclass(slots=True)
@@ -162,8 +204,7 @@ class FmpClient:
         while True:
             attempt += 1
             try:
-                async with self._slots:
-                    await self.pacer.acquire()
+                async with self._slots, self.pacer.slot():
                     stats.requests += 1
                     return await self._fetch_once(endpoint, params, dataset, symbol)
             except FmpError as error:
@@ -175,8 +216,10 @@ class FmpClient:
                         error.args = (f"{error.args[0]} (gave up after {attempt} attempts)",)
                     raise
                 retry_after = getattr(error, "retry_after", None)
+                wait = self.retry.delay(attempt, self.rng, retry_after)
                 stats.retries += 1
-                await self.sleep(self.retry.delay(attempt, self.rng, retry_after))
+                log.info("retry %d in %.1f s after: %s", attempt, wait, error)
+                await self.sleep(wait)
 
     async def _fetch_once(
         self, endpoint: str, params: Mapping[str, str], dataset: str, symbol: str | None
@@ -206,7 +249,8 @@ class FmpClient:
     def _interpret(
         self, status: int, headers: Mapping[str, str], text: str, where: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        excerpt = redact(" ".join(text.split())[:200], self.api_key)
+        # Redact before cutting: a cut inside the key would let its first characters through.
+        excerpt = redact(" ".join(text.split()), self.api_key)[:200]
         if "Limit Reach" in text:
             raise FmpRateLimitError(
                 "FMP rate or quota limit reached",
