@@ -275,6 +275,12 @@ def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = 
     )  # fmt: skip
     try:
         report = asyncio.run(_execute(plan, settings, lake, started))
+    except KeyboardInterrupt:
+        err.print(
+            "[bold red]interrupted:[/] files already landed stay in the lake, but no manifest was "
+            "written, so a catch-up run fetches this range again"
+        )
+        raise typer.Exit(130) from None
     except FmpAuthError as error:
         raise _fail(f"{error}; the run was aborted", ExitCode.AUTH, secret) from None
     except StockPipelineError as error:

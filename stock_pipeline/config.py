@@ -106,7 +106,8 @@ def read_tickers(path: Path) -> tuple[str, ...]:
         raise ConfigError(f"tickers file {path} needs a 'symbol' column; its header has {found}")
     symbols: dict[str, None] = {}
     bad: list[str] = []
-    for line_number, row in enumerate(reader, start=2):
+    for row in reader:
+        line_number = reader.line_num  # counts the blank lines DictReader skips
         raw = (row.get(columns["symbol"]) or "").strip()
         if not raw or raw.startswith("#"):
             continue

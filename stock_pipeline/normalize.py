@@ -84,6 +84,8 @@ def _parse(column: Column, values: list[Any]) -> pl.Series:
             numbers = pl.Series(values, dtype=pl.Float64, strict=True)
         except (TypeError, pl.exceptions.PolarsError):
             numbers = frame.select(t.cast(pl.Float64, strict=False)).to_series()
+        # "inf" and 1e999 parse as infinity; no price, amount or volume is infinite.
+        numbers = numbers.set(numbers.is_infinite().fill_null(False), None)
         if kind is ColumnType.INT:
             numbers = numbers.round(0).cast(pl.Int64, strict=False)
         return numbers.rename(name)
@@ -201,7 +203,8 @@ def normalize_records(
         raw = _source_values(column, records)
         parsed = _parse(column, raw)
         series.append(parsed)
-        present = pl.Series([v is not None and str(v).strip() not in _NULL_STRINGS for v in raw])
+        nulls = _NULL_STRINGS | set(column.null_values)
+        present = pl.Series([v is not None and str(v).strip() not in nulls for v in raw])
         bad = present & parsed.is_null()
         if bad.any():
             unreadable[column.name] = bad

@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import subprocess
+import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import pytest
 from typer.testing import CliRunner
@@ -14,6 +17,9 @@ from stock_pipeline.errors import ExitCode
 from stock_pipeline.lake import LocalLake, read_dataset, read_manifests
 from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
 from tests.support import API_KEY, assert_no_secret, files_under
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
 
 runner = CliRunner()
 
@@ -163,7 +169,7 @@ def test_transient_faults_are_retried_and_the_run_succeeds(tmp_path: Path) -> No
     tickers = write_tickers(tmp_path / "t.csv", "AAPL", "MSFT")
     faults = {
         "AAPL": (Fault(kind="server_error", times=2), Fault(kind="truncated", times=1)),
-        "MSFT": (Fault(kind="limit_reach_200", times=1), Fault(kind="drop_connection", times=1)),
+        "MSFT": (Fault(kind="limit_reach_200", times=1), Fault(kind="drop_connection", times=2)),
     }
     with SimulatorThread(SimulatorConfig(api_key=API_KEY, faults=faults)) as sim:
         code, output = invoke(
@@ -204,3 +210,89 @@ def test_catch_up_starts_after_the_last_landed_session(tmp_path: Path) -> None:
         assert len(sim.simulator.requests) == before
     prices = read_dataset(LocalLake(lake_dir), DATASETS["prices"])
     assert prices["date"].n_unique() == 13  # 3-14 March (10 sessions) and 17-19 March
+
+
+def test_lands_in_s3_through_the_standard_aws_settings(
+    tmp_path: Path, s3_endpoint: str, s3_client: S3Client, bucket: str
+) -> None:
+    tickers = write_tickers(tmp_path / "t.csv", "AAPL", "MSFT")
+    with SimulatorThread(SimulatorConfig(api_key=API_KEY)) as sim:
+        code, output = invoke(
+            *ingest_args(sim.url, tmp_path / "unused", tickers, "--datasets", "prices,profile"),
+            "--lake", f"s3://{bucket}/fmp",
+            env={"FMP_API_KEY": API_KEY, "AWS_ENDPOINT_URL": s3_endpoint},
+        )  # fmt: skip
+    assert code == ExitCode.OK, output
+    keys = [o["Key"] for o in s3_client.list_objects_v2(Bucket=bucket)["Contents"]]
+    assert len([k for k in keys if k.startswith("fmp/raw/prices/date=")]) == 10
+    assert len([k for k in keys if k.startswith("fmp/raw/profile/ingest_date=")]) == 1
+    assert len([k for k in keys if k.startswith("fmp/_runs/")]) == 1
+    assert f"s3://{bucket}/fmp" in output
+
+
+def test_unreachable_lake_exits_2_before_any_request(tmp_path: Path, s3_endpoint: str) -> None:
+    tickers = write_tickers(tmp_path / "t.csv", "AAPL")
+    with SimulatorThread(SimulatorConfig(api_key=API_KEY)) as sim:
+        code, output = invoke(
+            *ingest_args(sim.url, tmp_path / "unused", tickers),
+            "--lake", "s3://no-such-bucket-anywhere/fmp",
+            env={"FMP_API_KEY": API_KEY, "AWS_ENDPOINT_URL": s3_endpoint},
+        )  # fmt: skip
+        assert sim.simulator.requests == []
+    assert code == ExitCode.USAGE
+    assert "bucket does not exist" in output
+
+
+def test_key_is_read_from_a_dotenv_file(tmp_path: Path) -> None:
+    (tmp_path / ".env").write_text(f"FMP_API_KEY={API_KEY}\n")  # the tests run in tmp_path
+    tickers = write_tickers(tmp_path / "t.csv", "AAPL")
+    with SimulatorThread(SimulatorConfig(api_key=API_KEY)) as sim:
+        code, output = invoke(
+            *ingest_args(sim.url, tmp_path / "lake", tickers, "--datasets", "profile")
+        )
+    assert code == ExitCode.OK, output
+    assert_no_secret(output)
+
+
+def test_environment_variables_configure_the_run(tmp_path: Path) -> None:
+    tickers = write_tickers(tmp_path / "t.csv", "AAPL")
+    with SimulatorThread(SimulatorConfig(api_key=API_KEY)) as sim:
+        code, output = invoke(
+            "ingest", "--tickers-path", str(tickers), "--start", "2025-03-14", "--end",
+            "2025-03-14", "--datasets", "prices",
+            env={
+                "FMP_API_KEY": API_KEY, "FMP_BASE_URL": sim.url, "FMP_RATE_LIMIT": "5000",
+                "STOCK_PIPELINE_LAKE": str(tmp_path / "env-lake"),
+            },
+        )  # fmt: skip
+        assert len(sim.simulator.requests) == 1
+    assert code == ExitCode.OK, output
+    [manifest] = read_manifests(LocalLake(tmp_path / "env-lake"))
+    assert manifest["parameters"]["rate_limit"] == 5000
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [
+        ["stock-pipeline", "--help"],
+        ["ingest", "--help"],
+        [sys.executable, "-m", "stock_pipeline", "--help"],
+    ],
+)
+def test_installed_entry_points_answer(argv: list[str]) -> None:
+    if argv[0] != sys.executable:
+        argv = [str(Path(sys.executable).parent / argv[0]), *argv[1:]]
+    done = subprocess.run(argv, capture_output=True, text=True, check=False, timeout=60)
+    assert done.returncode == 0, done.stderr
+    assert "--lake" in done.stdout or "ingest" in done.stdout
+
+
+def test_ingest_shortcut_runs_a_dry_run(tmp_path: Path) -> None:
+    tickers = write_tickers(tmp_path / "t.csv", "AAPL")
+    done = subprocess.run(
+        [str(Path(sys.executable).parent / "ingest"), "--tickers-path", str(tickers),
+         "--backfill-days", "3", "--end", "2025-03-14", "--dry-run"],
+        capture_output=True, text=True, check=False, timeout=60, cwd=tmp_path,
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    assert "sessions: 3 (2025-03-12 to 2025-03-14)" in done.stdout
