@@ -181,16 +181,16 @@ def _progress_reporter(total: int) -> Iterator[Callable[[ProgressEvent], None]]:
             yield update
         return
     step = max(1, total // 10)
-    last = [-1]
+    logged = [-1]
     started = time.monotonic()
 
     def log_line(event: ProgressEvent) -> None:
-        bucket = event.requests_done // step
-        if bucket != last[0] or event.requests_done == event.requests_total:
-            last[0] = bucket
+        done = event.requests_done
+        if done != logged[0] and (done % step == 0 or done == event.requests_total):
+            logged[0] = done
             log.info(
                 "progress: %d/%d requests, %d rows, %d errors, %.0f s",
-                event.requests_done, event.requests_total, event.rows, event.errors,
+                done, event.requests_total, event.rows, event.errors,
                 time.monotonic() - started,
             )  # fmt: skip
 

@@ -249,8 +249,10 @@ class FmpClient:
     def _interpret(
         self, status: int, headers: Mapping[str, str], text: str, where: dict[str, Any]
     ) -> list[dict[str, Any]]:
-        # Redact before cutting: a cut inside the key would let its first characters through.
-        excerpt = redact(" ".join(text.split()), self.api_key)[:200]
+        def excerpt() -> str:
+            # Redact before cutting: a cut inside the key would let its first characters through.
+            return redact(" ".join(text.split()), self.api_key)[:200]
+
         if "Limit Reach" in text:
             raise FmpRateLimitError(
                 "FMP rate or quota limit reached",
@@ -262,7 +264,7 @@ class FmpClient:
             raise FmpAuthError("FMP refused the API key; check FMP_API_KEY", status=status, **where)
         if status == 403:
             raise FmpAuthError(
-                f"FMP refused access ({excerpt}); keys created after 2025-08-31 only work on the "
+                f"FMP refused access ({excerpt()}); keys created after 2025-08-31 only work on the "
                 "stable API",
                 status=status,
                 **where,
@@ -270,7 +272,7 @@ class FmpClient:
         if status == 402:
             symbol_scope = "Special Endpoint" in text and "'symbol'" in text
             raise FmpPlanError(
-                f"not in the FMP plan: {excerpt}",
+                f"not in the FMP plan: {excerpt()}",
                 scope="symbol" if symbol_scope else "dataset",
                 status=status,
                 **where,
@@ -287,13 +289,13 @@ class FmpClient:
                 **where,
             )
         if status != 200:
-            raise FmpError(f"unexpected FMP response {status}: {excerpt}", status=status, **where)
+            raise FmpError(f"unexpected FMP response {status}: {excerpt()}", status=status, **where)
         try:
             payload = json.loads(text)
         except json.JSONDecodeError:
             kind = "truncated JSON" if text.lstrip().startswith(("[", "{")) else "not JSON"
             raise FmpResponseError(
-                f"FMP sent a body that is {kind}: {excerpt}", status=status, **where
+                f"FMP sent a body that is {kind}: {excerpt()}", status=status, **where
             ) from None
         if isinstance(payload, dict):
             message = payload.get("Error Message") or payload.get("error")
@@ -306,11 +308,11 @@ class FmpClient:
             if not payload:
                 return []  # the legacy API's "unknown symbol"
             raise FmpResponseError(
-                f"FMP sent an object where a list was expected: {excerpt}", status=status, **where
+                f"FMP sent an object where a list was expected: {excerpt()}", status=status, **where
             )
         if not isinstance(payload, list) or not all(isinstance(r, dict) for r in payload):
             raise FmpResponseError(
-                f"FMP sent something other than a list of records: {excerpt}",
+                f"FMP sent something other than a list of records: {excerpt()}",
                 status=status,
                 **where,
             )

@@ -21,7 +21,7 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Iterable
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
@@ -48,6 +48,8 @@ __all__ = [
     "S3Lake",
     "StoredFile",
     "encode_parquet",
+    "encode_partition",
+    "encode_quarantine",
     "manifest_path",
     "open_lake",
     "partition_path",
@@ -309,19 +311,26 @@ def to_arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
 
 def split_partitions(
     dataset: Dataset, frame: pl.DataFrame, ingest_date: dt.date
-) -> Iterable[tuple[dt.date, pa.Table]]:
-    """One Arrow table per partition value, without the partition column, sorted by symbol."""
-    schema = dataset.arrow_schema()
+) -> Iterator[tuple[dt.date, pl.DataFrame]]:
+    """One slice of `frame` per partition value, sorted by symbol (slices share its memory)."""
     if not dataset.partition_in_data:
         if frame.height:
-            yield ingest_date, to_arrow(frame, schema)
+            yield ingest_date, frame.sort("symbol")
         return
-    for (value,), part in frame.partition_by(dataset.partition, as_dict=True).items():
-        yield value, to_arrow(part.sort("symbol"), schema)
+    ordered = frame.sort([dataset.partition, "symbol"])
+    offset = 0
+    for length, value in ordered[dataset.partition].rle().struct.unnest().iter_rows():
+        yield value, ordered.slice(offset, length)
+        offset += length
 
 
-def quarantine_table(frame: pl.DataFrame) -> pa.Table:
-    return to_arrow(frame, _QUARANTINE_SCHEMA)
+def encode_partition(dataset: Dataset, frame: pl.DataFrame) -> bytes:
+    """One partition's rows as a Parquet file with the dataset's file schema."""
+    return encode_parquet(to_arrow(frame, dataset.arrow_schema()))
+
+
+def encode_quarantine(frame: pl.DataFrame) -> bytes:
+    return encode_parquet(to_arrow(frame, _QUARANTINE_SCHEMA))
 
 
 def write_manifest(lake: Lake, manifest: dict[str, Any]) -> StoredFile:

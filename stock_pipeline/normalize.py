@@ -60,52 +60,64 @@ def empty_frame(columns: Sequence[Column]) -> pl.DataFrame:
     return pl.DataFrame(schema={c.name: c.type.polars for c in columns})
 
 
-def _as_text(values: list[Any]) -> pl.Series:
-    return pl.Series(
-        [None if v is None or isinstance(v, bool) else str(v).strip() for v in values],
-        dtype=pl.String,
-    )
-
-
-def _parse(column: Column, values: list[Any]) -> pl.Series:
-    """Values as the column's type; a value that cannot be read becomes null (and is flagged)."""
-    name = column.name
+def _text(column: Column, values: list[Any]) -> pl.Series:
+    """Values as stripped strings, FMP's placeholders for "unknown" as null."""
     nulls = sorted(_NULL_STRINGS | set(column.null_values))
-    frame = pl.DataFrame({"t": _as_text(values)}).select(
-        pl.when(pl.col("t").is_in(nulls)).then(None).otherwise(pl.col("t")).alias("t")
-    )
-    t = pl.col("t")
+    text = pl.Series([None if v is None else str(v) for v in values], dtype=pl.String)
+    return pl.select(
+        pl.when(text.str.strip_chars().is_in(nulls)).then(None).otherwise(text.str.strip_chars())
+    ).to_series()
+
+
+def _parse(column: Column, values: list[Any]) -> tuple[pl.Series, pl.Series | None]:
+    """Values as the column's type, and which sent values could not be read (None: all could)."""
+    name = column.name
     kind = column.type
-    if kind is ColumnType.STRING:
-        return frame.select(t).to_series().rename(name)
     if kind in (ColumnType.FLOAT, ColumnType.INT):
         try:
-            # Fast path: every value already a number (the usual case).
+            # Fast path: every value already a JSON number or null (the usual case).
             numbers = pl.Series(values, dtype=pl.Float64, strict=True)
+            sent = numbers.is_not_null()
         except (TypeError, pl.exceptions.PolarsError):
-            numbers = frame.select(t.cast(pl.Float64, strict=False)).to_series()
+            text = _text(column, values)
+            numbers = text.cast(pl.Float64, strict=False)
+            sent = text.is_not_null()
         # "inf" and 1e999 parse as infinity; no price, amount or volume is infinite.
-        numbers = numbers.set(numbers.is_infinite().fill_null(False), None)
+        infinite = numbers.is_infinite().fill_null(False)
+        if infinite.any():
+            numbers = numbers.set(infinite, None)
         if kind is ColumnType.INT:
             numbers = numbers.round(0).cast(pl.Int64, strict=False)
-        return numbers.rename(name)
-    if kind is ColumnType.DATE:
-        expr = t.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
-        return frame.select(expr).to_series().rename(name)
-    if kind is ColumnType.TIMESTAMP:
-        parsed = t.str.to_datetime(_TIMESTAMP_FORMAT, strict=False, time_unit="us")
-        zone = "America/New_York" if column.new_york_time else "UTC"
-        expr = parsed.dt.replace_time_zone(
-            zone, ambiguous="earliest", non_existent="null"
-        ).dt.convert_time_zone("UTC")
-        return frame.select(expr).to_series().rename(name)
+        return numbers.rename(name), _unreadable(sent, numbers)
     if kind is ColumnType.BOOL:
+        words = {"true": True, "false": False}
         bools = [
-            v if isinstance(v, bool) or v is None else {"true": True, "false": False}.get(str(v))
-            for v in values
+            v if v is None or isinstance(v, bool) else words.get(str(v).lower()) for v in values
         ]
-        return pl.Series(name, bools, dtype=pl.Boolean)
-    raise AssertionError(f"unhandled column type {kind}")
+        parsed = pl.Series(name, bools, dtype=pl.Boolean)
+        return parsed, _unreadable(_text(column, values).is_not_null(), parsed)
+    text = _text(column, values)
+    if kind is ColumnType.STRING:
+        return text.rename(name), None
+    if kind is ColumnType.DATE:
+        expr = pl.lit(text).str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+    elif kind is ColumnType.TIMESTAMP:
+        zone = "America/New_York" if column.new_york_time else "UTC"
+        expr = (
+            pl.lit(text)
+            .str.to_datetime(_TIMESTAMP_FORMAT, strict=False, time_unit="us")
+            .dt.replace_time_zone(zone, ambiguous="earliest", non_existent="null")
+            .dt.convert_time_zone("UTC")
+        )
+    else:
+        raise AssertionError(f"unhandled column type {kind}")
+    parsed = pl.select(expr).to_series().rename(name)
+    return parsed, _unreadable(text.is_not_null(), parsed)
+
+
+def _unreadable(sent: pl.Series, parsed: pl.Series) -> pl.Series | None:
+    bad = sent & parsed.is_null()
+    return bad if bad.any() else None
 
 
 def _source_values(column: Column, records: Sequence[Mapping[str, Any]]) -> list[Any]:
@@ -200,13 +212,9 @@ def normalize_records(
     series: list[pl.Series] = []
     unreadable: dict[str, pl.Series] = {}
     for column in data_columns:
-        raw = _source_values(column, records)
-        parsed = _parse(column, raw)
+        parsed, bad = _parse(column, _source_values(column, records))
         series.append(parsed)
-        nulls = _NULL_STRINGS | set(column.null_values)
-        present = pl.Series([v is not None and str(v).strip() not in nulls for v in raw])
-        bad = present & parsed.is_null()
-        if bad.any():
+        if bad is not None:
             unreadable[column.name] = bad
     frame = pl.DataFrame(series).with_columns(
         pl.Series(EXTRA_COLUMN, _extras(dataset, records), dtype=pl.String),

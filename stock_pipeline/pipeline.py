@@ -25,9 +25,9 @@ from stock_pipeline.fmp import PRICE_ROW_CAP, FmpClient
 from stock_pipeline.lake import (
     Lake,
     StoredFile,
-    encode_parquet,
+    encode_partition,
+    encode_quarantine,
     partition_path,
-    quarantine_table,
     split_partitions,
     write_manifest,
 )
@@ -48,7 +48,7 @@ __all__ = [
 ]
 
 #: Normalize a dataset's records in batches of about this many, to keep memory flat on big backfills.
-NORMALIZE_BATCH_ROWS = 50_000
+NORMALIZE_BATCH_ROWS = 10_000
 #: Price windows ask for at most this share of FMP's cap, so a full answer is never taken for a capped one.
 WINDOW_FILL = 0.98
 MANIFEST_VERSION = 1
@@ -417,42 +417,48 @@ class _Run:
             )
 
     async def _write(
-        self, dataset: str, kind: Literal["raw", "quarantine"], value: dt.date, table: Any
+        self, dataset: str, kind: Literal["raw", "quarantine"], value: dt.date, frame: pl.DataFrame
     ) -> None:
         info = DATASETS[dataset]
-        path = partition_path(info, value, self.plan.run_id, quarantine=kind == "quarantine")
+        quarantine = kind == "quarantine"
+        path = partition_path(info, value, self.plan.run_id, quarantine=quarantine)
         async with self.writes:
             try:
-                data = await asyncio.to_thread(encode_parquet, table)
+                # Encoding inside the semaphore keeps at most a few Arrow copies alive at once.
+                if quarantine:
+                    data = await asyncio.to_thread(encode_quarantine, frame)
+                else:
+                    data = await asyncio.to_thread(encode_partition, info, frame)
                 stored = await asyncio.to_thread(self.lake.write_file, path, data)
             except LakeError as error:
                 self.failures.append(Failure(dataset, None, "LakeWriteError", str(error)))
                 return
         column = "ingest_date" if kind == "quarantine" else info.partition
-        self.files.append(FileRecord(dataset, kind, f"{column}={value}", table.num_rows, stored))
+        self.files.append(FileRecord(dataset, kind, f"{column}={value}", frame.height, stored))
         self._tick()
 
     async def _land(self, state: _DatasetState) -> tuple[pl.DataFrame, int, int]:
         await self._flush(state)
         dataset = state.dataset
         parts = state.parts
-        rows = pl.concat([p.rows for p in parts]) if parts else None
-        if rows is None or rows.is_empty():
+        if parts:
+            # Batches are deduplicated one by one; a key can only repeat across overlapping
+            # answers. One lazy query keeps this to a single copy of the dataset.
+            rows = (
+                pl.concat([p.rows.lazy() for p in parts])
+                .unique(subset=list(dataset.key), keep="first", maintain_order=True)
+                .collect()
+            )
+        else:
             rows = normalize_records(dataset, [], self.context).rows
-        # Batches are deduplicated one by one; a key can only repeat across overlapping answers.
-        rows = rows.unique(subset=list(dataset.key), keep="first", maintain_order=True)
         quarantine = pl.concat([p.quarantine for p in parts]) if parts else None
         duplicates = sum(p.duplicates_dropped for p in parts)
         ingest_date = self.ingested_at.date()
         async with asyncio.TaskGroup() as group:
-            for value, table in split_partitions(dataset, rows, ingest_date):
-                group.create_task(self._write(dataset.name, "raw", value, table))
+            for value, part in split_partitions(dataset, rows, ingest_date):
+                group.create_task(self._write(dataset.name, "raw", value, part))
             if quarantine is not None and quarantine.height:
-                group.create_task(
-                    self._write(
-                        dataset.name, "quarantine", ingest_date, quarantine_table(quarantine)
-                    )
-                )
+                group.create_task(self._write(dataset.name, "quarantine", ingest_date, quarantine))
         state.finished = time.monotonic()
         return rows, (quarantine.height if quarantine is not None else 0), duplicates
 

@@ -21,7 +21,7 @@ from stock_pipeline.lake import (
     LakeWriteError,
     LocalLake,
     S3Lake,
-    encode_parquet,
+    encode_partition,
     open_lake,
     partition_path,
     read_dataset,
@@ -52,9 +52,9 @@ def prices_frame(run_id: str, at: dt.datetime, records: list[dict[str, object]])
 def land(lake: LocalLake | S3Lake, run_id: str, frame: pl.DataFrame) -> list[str]:
     dataset = DATASETS["prices"]
     paths = []
-    for value, table in split_partitions(dataset, frame, dt.date(2025, 3, 15)):
+    for value, part in split_partitions(dataset, frame, dt.date(2025, 3, 15)):
         path = partition_path(dataset, value, run_id)
-        lake.write_file(path, encode_parquet(table))
+        lake.write_file(path, encode_partition(dataset, part))
         paths.append(path)
     return paths
 
