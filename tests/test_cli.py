@@ -296,3 +296,17 @@ def test_ingest_shortcut_runs_a_dry_run(tmp_path: Path) -> None:
     )  # fmt: skip
     assert done.returncode == 0, done.stderr
     assert "sessions: 3 (2025-03-12 to 2025-03-14)" in done.stdout
+
+
+def test_demo_runs_end_to_end_without_a_key(tmp_path: Path) -> None:
+    tickers = write_tickers(tmp_path / "t.csv", "AAPL", "MSFT", "KO")
+    code, output = invoke(
+        "demo", "--tickers-path", str(tickers), "--lake", str(tmp_path / "demo"),
+        "--backfill-days", "3",
+    )  # fmt: skip
+    assert code == ExitCode.OK, output
+    lake = LocalLake(tmp_path / "demo")
+    assert read_dataset(lake, DATASETS["prices"]).height == 9
+    assert read_dataset(lake, DATASETS["balance_sheet"]).height > 0
+    assert "FMP simulator listening on http://127.0.0.1:" in output
+    assert str((tmp_path / "demo").resolve()) in output
