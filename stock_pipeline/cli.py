@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Annotated, Any
 
 import aiohttp
+import click
 import typer
 from dotenv import load_dotenv
 from rich.console import Console
@@ -22,7 +23,6 @@ from rich.table import Table
 
 from stock_pipeline import __version__
 from stock_pipeline.config import (
-    DEFAULT_CONCURRENCY,
     DEFAULT_LAKE,
     DEFAULT_TICKERS_PATH,
     Settings,
@@ -40,11 +40,12 @@ from stock_pipeline.fmp import (
     redact,
 )
 from stock_pipeline.lake import Lake, open_lake, read_manifests
-from stock_pipeline.market_calendar import last_completed_session
+from stock_pipeline.market_calendar import EARLIEST_SESSION, last_completed_session
 from stock_pipeline.pipeline import (
     Plan,
     ProgressEvent,
     RunReport,
+    last_landed_session,
     new_run_id,
     plan_run,
     resolve_range,
@@ -64,6 +65,7 @@ app = typer.Typer(
     no_args_is_help=True,
     add_completion=False,
     pretty_exceptions_enable=False,
+    pretty_exceptions_show_locals=False,
 )
 
 DEMO_KEY = "demo"
@@ -83,17 +85,19 @@ def _fail(error: StockPipelineError | str, code: ExitCode, secret: str | None) -
     return typer.Exit(int(code))
 
 
-def _last_landed(lake: Lake, datasets: tuple[str, ...]) -> dt.date | None:
-    """The newest session a successful run landed for every price dataset asked for now."""
-    wanted = [d for d in datasets if d in ("prices", "adjusted_prices")]
-    if not wanted:
-        return None
-    ends = [
-        dt.date.fromisoformat(m["range"]["end"])
-        for m in read_manifests(lake)
-        if m.get("status") == "ok" and all(d in m.get("datasets", ()) for d in wanted)
-    ]
-    return max(ends, default=None)
+def _check_dates(start: dt.date | None, end: dt.date, completed: dt.date) -> None:
+    if end > completed:
+        raise ConfigError(
+            f"--end {end} is after the last completed NYSE session ({completed}); FMP has no "
+            "final bars for it yet"
+        )
+    for name, day in (("--start", start), ("--end", end)):
+        if day is not None and day < EARLIEST_SESSION:
+            raise ConfigError(
+                f"{name} {day} is before {EARLIEST_SESSION}, the calendar's first day"
+            )
+    if start is not None and start > end:
+        raise ConfigError(f"the range starts on {start}, after its end {end}")
 
 
 def _print_plan(plan: Plan, settings: Settings) -> None:
@@ -199,14 +203,15 @@ def _progress_reporter(total: int) -> Iterator[Callable[[ProgressEvent], None]]:
 
 async def _execute(plan: Plan, settings: Settings, lake: Lake, started: dt.datetime) -> RunReport:
     assert settings.api_key is not None
-    connector = aiohttp.TCPConnector(limit=settings.concurrency)
+    concurrency = settings.effective_concurrency
+    connector = aiohttp.TCPConnector(limit=concurrency)
     async with aiohttp.ClientSession(connector=connector, raise_for_status=False) as session:
         client = FmpClient(
             session=session,
             base_url=settings.fmp_base_url,
             api_key=settings.api_key,
             pacer=RequestPacer(settings.rate_limit),
-            concurrency=settings.concurrency,
+            concurrency=concurrency,
             timeout=settings.timeout,
             retry=RetryPolicy(
                 attempts=settings.retry_attempts, base_delay=settings.retry_base_delay
@@ -216,7 +221,7 @@ async def _execute(plan: Plan, settings: Settings, lake: Lake, started: dt.datet
             "datasets": list(settings.datasets),
             "period": settings.period,
             "rate_limit": settings.rate_limit,
-            "concurrency": settings.concurrency,
+            "concurrency": concurrency,
             "fmp_base_url": settings.fmp_base_url,
             "tickers_path": str(settings.tickers_path),
             "backfill_days": settings.backfill_days,
@@ -246,16 +251,21 @@ def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = 
             )
         lake = open_lake(settings.lake, sse=settings.sse, kms_key_id=settings.kms_key_id)
         lake.check()
-        end = settings.end or last_completed_session(started)
+        completed = last_completed_session(started)
+        end = settings.end or completed
+        _check_dates(settings.start, end, completed)
         last = None
         if settings.start is None and settings.backfill_days is None:
-            last = _last_landed(lake, settings.datasets)
+            last = last_landed_session(
+                read_manifests(lake), symbols=symbols, datasets=settings.datasets
+            )
             if last is not None and last >= end:
                 out.print(f"The lake already holds every session up to {end}; nothing to fetch.")
                 return ExitCode.OK
         start, end = resolve_range(
             end=end, start=settings.start, backfill_days=settings.backfill_days, last_landed=last
         )
+        _check_dates(start, end, completed)
         plan = plan_run(
             run_id=new_run_id(started),
             symbols=symbols,
@@ -263,6 +273,7 @@ def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = 
             start=start,
             end=end,
             period=settings.period,
+            today=started.date(),
         )
     except StockPipelineError as error:
         raise _fail(error, ExitCode.USAGE, secret) from None
@@ -289,15 +300,31 @@ def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = 
     return report.exit_code
 
 
+class _RedactingFormatter(logging.Formatter):
+    """Log lines (tracebacks included) with every URL's key, and the key itself, redacted."""
+
+    def format(self, record: logging.LogRecord) -> str:
+        return redact(super().format(record), os.environ.get("FMP_API_KEY"))
+
+
+class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
+    """Writes to whatever sys.stderr is at the time (test runners swap it)."""
+
+    @property
+    def stream(self) -> Any:
+        return sys.stderr
+
+    @stream.setter
+    def stream(self, _value: Any) -> None:
+        pass
+
+
 def _configure_logging(verbose: bool) -> None:
-    logging.basicConfig(
-        level=logging.DEBUG if verbose else logging.INFO,
-        format="%(asctime)s %(levelname)s %(message)s",
-        stream=sys.stderr,
-        force=True,
-    )
-    logging.getLogger("aiohttp").setLevel(logging.WARNING)
-    logging.getLogger("botocore").setLevel(logging.WARNING)
+    handler = _StderrHandler()
+    handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(message)s"))
+    log.handlers[:] = [handler]
+    log.setLevel(logging.DEBUG if verbose else logging.INFO)
+    log.propagate = False
 
 
 def _env_float(name: str, default: float) -> float:
@@ -360,8 +387,13 @@ def ingest(
         typer.Option("--rate-limit", envvar="FMP_RATE_LIMIT", min=1, help="Requests per minute."),
     ] = DEFAULT_RATE_LIMIT,
     concurrency: Annotated[
-        int, typer.Option("--concurrency", min=1, help="Most requests in flight.")
-    ] = DEFAULT_CONCURRENCY,
+        int | None,
+        typer.Option(
+            "--concurrency",
+            min=1,
+            help="Most requests in flight [default: rate-limit / 15, from 8 to 64].",
+        ),
+    ] = None,
     fmp_base_url: Annotated[
         str, typer.Option("--fmp-base-url", envvar="FMP_BASE_URL", help="FMP API root.")
     ] = DEFAULT_BASE_URL,
@@ -385,7 +417,7 @@ def ingest(
     Exit codes: 0 all landed, 1 partial, 2 usage or config error, 3 FMP refused the key.
     """
     _configure_logging(verbose)
-    load_dotenv(Path.cwd() / ".env", override=False)
+    _load_dotenv()  # also here for callers that invoke `app` directly (tests, embedding)
     try:
         chosen = parse_datasets(datasets)
     except ConfigError as error:
@@ -405,8 +437,21 @@ def ingest(
         kms_key_id=kms_key_id,
         retry_base_delay=_env_float("STOCK_PIPELINE_RETRY_BASE_DELAY", 1.0),
     )
-    code = run_command(settings, dry_run=dry_run)
+    code = _guarded(lambda: run_command(settings, dry_run=dry_run), settings.api_key)
     raise typer.Exit(int(code))
+
+
+def _guarded(action: Callable[[], ExitCode], secret: str | None) -> ExitCode:
+    """Run `action`; an error nobody foresaw ends with a one-line message and exit 1, not a
+    traceback (which --verbose logs, redacted)."""
+    try:
+        return action()
+    except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+        raise
+    except Exception as error:
+        log.debug("unexpected error", exc_info=True)
+        message = f"unexpected {type(error).__name__}: {error}; rerun with --verbose for details"
+        raise _fail(message, ExitCode.PARTIAL, secret) from None
 
 
 @app.command()
@@ -434,7 +479,7 @@ def demo(
             fmp_base_url=simulator.url,
             api_key=DEMO_KEY,
         )
-        code = run_command(settings, dry_run=False)
+        code = _guarded(lambda: run_command(settings, dry_run=False), DEMO_KEY)
     if code in (ExitCode.OK, ExitCode.PARTIAL):
         root = Path(lake).resolve()
         out.print(
@@ -457,11 +502,24 @@ def version() -> None:
     out.print(__version__)
 
 
+def _load_dotenv() -> None:
+    # Before typer reads the environment, so a .env sets --lake and --rate-limit defaults too.
+    load_dotenv(Path.cwd() / ".env", override=False)
+
+
 def main() -> None:
     """`stock-pipeline` and `python -m stock_pipeline`."""
+    _load_dotenv()
     app()
+
+
+shortcut = typer.Typer(
+    add_completion=False, pretty_exceptions_enable=False, pretty_exceptions_show_locals=False
+)
+shortcut.command(name="ingest")(ingest)
 
 
 def ingest_main() -> None:
     """`ingest`: a shortcut for `stock-pipeline ingest`."""
-    typer.run(ingest)
+    _load_dotenv()
+    shortcut()

@@ -8,13 +8,13 @@ import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
+from urllib.parse import urlsplit
 
 from stock_pipeline.datasets import DATASETS, DEFAULT_DATASETS
 from stock_pipeline.errors import ConfigError
-from stock_pipeline.fmp import DEFAULT_BASE_URL, DEFAULT_RATE_LIMIT
+from stock_pipeline.fmp import DEFAULT_BASE_URL, DEFAULT_RATE_LIMIT, default_concurrency
 
 __all__ = [
-    "DEFAULT_CONCURRENCY",
     "DEFAULT_LAKE",
     "DEFAULT_TICKERS_PATH",
     "Period",
@@ -25,7 +25,6 @@ __all__ = [
 
 DEFAULT_TICKERS_PATH = Path("config/tickers.csv")
 DEFAULT_LAKE = "./lake"
-DEFAULT_CONCURRENCY = 8
 DEFAULT_TIMEOUT = 30.0
 Period = Literal["annual", "quarter", "both"]
 PERIODS: tuple[Period, ...] = ("annual", "quarter", "both")
@@ -46,7 +45,8 @@ class Settings:
     datasets: tuple[str, ...] = DEFAULT_DATASETS
     period: Period = "both"
     rate_limit: int = DEFAULT_RATE_LIMIT
-    concurrency: int = DEFAULT_CONCURRENCY
+    #: Requests in flight; None: enough for the rate limit (see fmp.default_concurrency).
+    concurrency: int | None = None
     fmp_base_url: str = DEFAULT_BASE_URL
     api_key: str | None = field(default=None, repr=False)
     timeout: float = DEFAULT_TIMEOUT
@@ -65,18 +65,32 @@ class Settings:
             raise ConfigError(f"--start {self.start} is after --end {self.end}")
         if self.rate_limit < 1:
             raise ConfigError("--rate-limit must be at least 1 request per minute")
-        if self.concurrency < 1:
+        if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
         if self.period not in PERIODS:
             raise ConfigError(f"--period must be one of {', '.join(PERIODS)}")
-        if not self.fmp_base_url.startswith(("http://", "https://")):
-            raise ConfigError(f"--fmp-base-url must be an http(s) URL, got {self.fmp_base_url!r}")
+        _check_url(self.fmp_base_url)
         unknown = [d for d in self.datasets if d not in DATASETS]
         if unknown or not self.datasets:
             raise ConfigError(
                 f"unknown dataset(s) {', '.join(unknown) or '(none given)'}; "
                 f"choose from {', '.join(DATASETS)}"
             )
+
+    @property
+    def effective_concurrency(self) -> int:
+        return self.concurrency or default_concurrency(self.rate_limit)
+
+
+def _check_url(url: str) -> None:
+    problem = f"--fmp-base-url must be an http(s) URL like {DEFAULT_BASE_URL}, got {url!r}"
+    try:
+        parts = urlsplit(url)
+        parts.port  # noqa: B018  (raises ValueError on a port out of range)
+    except ValueError:
+        raise ConfigError(problem) from None
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ConfigError(problem)
 
 
 def parse_datasets(text: str) -> tuple[str, ...]:

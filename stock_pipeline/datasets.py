@@ -116,10 +116,14 @@ class Column:
 
 @dataclass(frozen=True, slots=True)
 class Check:
-    """A sanity rule: rows where `violated` is true go to quarantine with `reason`."""
+    """A sanity rule: rows where `violated` is true go to quarantine with `reason`.
+
+    `violated_sql` is the same rule as a Spark SQL predicate, for the Silver data-quality checks.
+    """
 
     reason: str
     violated: Callable[[], pl.Expr]
+    violated_sql: str
 
 
 def _fmp(field: str, type_: ColumnType, *aliases: str, new_york_time: bool = False) -> Column:
@@ -202,12 +206,25 @@ def _ohlc_checks(o: str, h: str, lo: str, c: str) -> tuple[Check, ...]:
         Check(
             "missing price",
             lambda: pl.any_horizontal(pl.col(x).is_null() | pl.col(x).is_nan() for x in prices),
+            " OR ".join(f"{x} IS NULL OR isnan({x})" for x in prices),
         ),
-        Check("non-positive price", lambda: pl.any_horizontal(pl.col(x) <= 0 for x in prices)),
-        Check("high below low", lambda: pl.col(h) < pl.col(lo)),
-        Check("high below open or close", lambda: pl.col(h) < pl.max_horizontal(o, c)),
-        Check("low above open or close", lambda: pl.col(lo) > pl.min_horizontal(o, c)),
-        Check("negative volume", lambda: pl.col("volume") < 0),
+        Check(
+            "non-positive price",
+            lambda: pl.any_horizontal(pl.col(x) <= 0 for x in prices),
+            " OR ".join(f"{x} <= 0" for x in prices),
+        ),
+        Check("high below low", lambda: pl.col(h) < pl.col(lo), f"{h} < {lo}"),
+        Check(
+            "high below open or close",
+            lambda: pl.col(h) < pl.max_horizontal(o, c),
+            f"{h} < greatest({o}, {c})",
+        ),
+        Check(
+            "low above open or close",
+            lambda: pl.col(lo) > pl.min_horizontal(o, c),
+            f"{lo} > least({o}, {c})",
+        ),
+        Check("negative volume", lambda: pl.col("volume") < 0, "volume < 0"),
     )
 
 
@@ -279,8 +296,8 @@ def _statement(name: str, endpoint: str, fields: tuple[str, ...], what: str) -> 
         key=("symbol", "date", "period"),
         partition="ingest_date",
         checks=(
-            Check("missing period end", lambda: pl.col("date").is_null()),
-            Check("missing period", lambda: pl.col("period").is_null()),
+            Check("missing period end", lambda: pl.col("date").is_null(), "date IS NULL"),
+            Check("missing period", lambda: pl.col("period").is_null(), "period IS NULL"),
         ),
         prefer_newest="accepted_date",
     )
@@ -368,7 +385,13 @@ DATASETS: dict[str, Dataset] = {
             ),
             key=("symbol",),
             partition="ingest_date",
-            checks=(Check("missing company name", lambda: pl.col("company_name").is_null()),),
+            checks=(
+                Check(
+                    "missing company name",
+                    lambda: pl.col("company_name").is_null(),
+                    "company_name IS NULL",
+                ),
+            ),
         ),
     )
 }

@@ -10,6 +10,7 @@
         ├── FmpRateLimitError exit 1   429 or a "Limit Reach" body, after retries
         ├── FmpServerError    exit 1   5xx after retries
         ├── FmpTransportError exit 1   timeouts and dropped connections after retries
+        │   └── FmpUnreachableError    several requests in a row could not connect: abort
         └── FmpResponseError  exit 1   a body that is not what the endpoint promises (not JSON,
                                        truncated, an error object inside a 200, a capped window)
 
@@ -32,6 +33,7 @@ __all__ = [
     "FmpResponseError",
     "FmpServerError",
     "FmpTransportError",
+    "FmpUnreachableError",
     "LakeError",
     "LakeWriteError",
     "StockPipelineError",
@@ -177,6 +179,13 @@ class FmpTransportError(FmpError):
     """The request timed out or the connection dropped."""
 
     transient = True
+
+
+class FmpUnreachableError(FmpTransportError):
+    """FMP could not be reached for several requests in a row: the run stops instead of spending
+    hours on retries. Nothing of the run is written; the manifest records the abort."""
+
+    transient = False
 
 
 class FmpResponseError(FmpError):

@@ -7,6 +7,7 @@ This is the only module that speaks HTTP. It returns parsed JSON records or rais
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import logging
 import math
@@ -20,7 +21,6 @@ from typing import Any
 from urllib.parse import urlencode
 
 import aiohttp
-from aiolimiter import AsyncLimiter
 
 from stock_pipeline.errors import (
     FmpAuthError,
@@ -40,6 +40,7 @@ __all__ = [
     "RequestPacer",
     "RequestStats",
     "RetryPolicy",
+    "default_concurrency",
     "redact",
 ]
 
@@ -51,6 +52,8 @@ DEFAULT_RATE_LIMIT = 300
 #: FMP returns at most this many price rows per request and silently drops the rest.
 PRICE_ROW_CAP = 5000
 REDACTED = "***"
+#: Keys shorter than this are only redacted where they follow `apikey=`.
+MIN_SECRET_LENGTH = 8
 
 _KEY_IN_URL = re.compile(r"(?i)(apikey=)[^&\s\"'#]*")
 
@@ -58,7 +61,8 @@ _KEY_IN_URL = re.compile(r"(?i)(apikey=)[^&\s\"'#]*")
 def redact(text: str, secret: str | None = None) -> str:
     """`text` with every `apikey=` value and every occurrence of `secret` replaced by ***."""
     text = _KEY_IN_URL.sub(rf"\g<1>{REDACTED}", text)
-    if secret:
+    # A very short "key" (a demo value) would mangle ordinary words; URLs are covered above.
+    if secret and len(secret) >= MIN_SECRET_LENGTH:
         text = text.replace(secret, REDACTED)
     return text
 
@@ -77,19 +81,23 @@ class _Send:
 class RequestPacer:
     """At most `limit` requests in any `window` seconds, as the server counts them, from the first.
 
-    aiolimiter's bucket holds one token, so requests leave one every `window / limit` seconds and never
-    burst. On top of that, request number k + limit leaves only `window` seconds after request k's
-    answer came back: the server saw request k at the latest then, so however long requests wait in
-    queues or in flight, no window on the server's clock holds more than `limit` of them. Build it
+    Requests leave on a fixed schedule, one every `window / limit` seconds, so they never burst (a
+    token bucket that starts full would send twice the limit in the first minute). On top of that,
+    request number k + limit leaves only `window` seconds after the server can have counted
+    request k: when its answer came back, or `latency_margin` seconds after it left, whichever is
+    first. So time spent queued or in flight cannot put more than `limit` requests into one window
+    on the server's clock, and a slow answer delays the next send by at most the margin. Build it
     inside the running loop.
     """
 
-    def __init__(self, limit: int, window: float = 60.0) -> None:
+    def __init__(self, limit: int, window: float = 60.0, *, latency_margin: float = 1.0) -> None:
         if limit < 1:
             raise ValueError("limit must be at least 1")
         self.limit = limit
         self.window = window
-        self._spacing = AsyncLimiter(1, window / limit)
+        self.latency_margin = latency_margin
+        self._interval = window / limit
+        self._next_send = -math.inf
         self._log: deque[_Send] = deque(maxlen=limit)
         self._lock = asyncio.Lock()
         self._loop = asyncio.get_running_loop()
@@ -99,17 +107,30 @@ class RequestPacer:
         """Loop times of the most recent sends (at most `limit`)."""
         return tuple(entry.sent for entry in self._log)
 
+    async def _counted_at(self, entry: _Send) -> float:
+        """The latest moment the server can have counted `entry`."""
+        latest = entry.sent + self.latency_margin
+        if entry.finished is None:
+            with contextlib.suppress(TimeoutError):
+                await asyncio.wait_for(entry.done.wait(), max(0.0, latest - self._loop.time()))
+        return latest if entry.finished is None else min(entry.finished, latest)
+
     async def _wait_turn(self) -> _Send:
         async with self._lock:
-            await self._spacing.acquire()
+            # The schedule is kept as a sum of exact steps, not a leaking level, so it never drifts
+            # and can be checked on a fast-forwarded clock.
+            now = self._loop.time()
+            if self._next_send > now:
+                await asyncio.sleep(self._next_send - now)
             if len(self._log) == self.limit:
-                oldest = self._log[0]
-                await oldest.done.wait()
-                assert oldest.finished is not None
-                wait = oldest.finished + self.window - self._loop.time()
+                wait = await self._counted_at(self._log[0]) + self.window - self._loop.time()
                 if wait > 0:
                     await asyncio.sleep(wait)
             entry = _Send(self._loop.time())
+            # On schedule (or a timer's fraction late): the next slot follows this one's, so small
+            # delays do not add up. Held back longer (by the window): spacing restarts from now.
+            on_time = entry.sent - self._next_send < self._interval
+            self._next_send = (self._next_send if on_time else entry.sent) + self._interval
             self._log.append(entry)
             return entry
 
@@ -131,6 +152,11 @@ class RequestPacer:
         """Wait for the turn to send a request that is over as soon as it leaves."""
         entry = await self._wait_turn()
         self._finish(entry, entry.sent)
+
+
+def default_concurrency(rate_limit: int) -> int:
+    """Enough requests in flight to hold `rate_limit` per minute with answers taking up to 4 s."""
+    return min(64, max(8, math.ceil(rate_limit / 15)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

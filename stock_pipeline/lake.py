@@ -15,6 +15,7 @@ verifies, then are checked with a HEAD request.
 from __future__ import annotations
 
 import base64
+import contextlib
 import datetime as dt
 import hashlib
 import io
@@ -117,18 +118,23 @@ class LocalLake:
 
     def write_file(self, path: str, data: bytes) -> StoredFile:
         target = self.root / path
-        if target.exists():
-            raise LakeWriteError(f"refusing to overwrite {target}: lake files are immutable")
+        temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
         try:
             target.parent.mkdir(parents=True, exist_ok=True)
-            temp = target.with_name(f".{target.name}.{uuid.uuid4().hex}.tmp")
             with open(temp, "wb") as handle:
                 handle.write(data)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.replace(temp, target)
+            # A hard link never replaces an existing file, unlike a rename: files are immutable.
+            os.link(temp, target)
+        except FileExistsError:
+            raise LakeWriteError(
+                f"refusing to overwrite {target}: lake files are immutable"
+            ) from None
         except OSError as error:
             raise LakeWriteError(f"could not write {target}: {error.strerror or error}") from None
+        finally:
+            temp.unlink(missing_ok=True)
         return StoredFile(path, len(data), _sha256(data))
 
     def read_file(self, path: str) -> bytes:
@@ -146,6 +152,7 @@ class LocalLake:
 
 
 _S3_HINTS = {
+    "PreconditionFailed": "an object with this name exists already; lake files are immutable",
     "404": "the bucket does not exist",
     "NoSuchBucket": "the bucket does not exist",
     "403": "access denied; check the AWS credentials and the bucket policy",
@@ -194,21 +201,30 @@ class S3Lake:
         return LakeError(f"S3 {action} failed on {self.uri}: {detail}", uri=self.uri)
 
     def check(self) -> None:
+        """Reach the bucket, list it, and write (then delete) a hidden probe object with the run's
+        encryption settings, so missing write or KMS permissions stop the run before any request."""
         from botocore.exceptions import BotoCoreError, ClientError
 
+        probe = self._key(f"{RUNS}/.write-probe-{uuid.uuid4().hex}")
         try:
             self.client.head_bucket(Bucket=self.bucket)
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(RUNS), MaxKeys=1)
+            self.client.put_object(Bucket=self.bucket, Key=probe, Body=b"", **self._encryption())
         except (BotoCoreError, ClientError) as error:
             raise self._translate(error, "access check") from None
+        with contextlib.suppress(BotoCoreError, ClientError):
+            # Without delete permission the empty probe stays; readers skip hidden files.
+            self.client.delete_object(Bucket=self.bucket, Key=probe)
+
+    def _encryption(self) -> dict[str, Any]:
+        if self.kms_key_id:
+            return {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
+        return {"ServerSideEncryption": self.sse}
 
     def write_file(self, path: str, data: bytes) -> StoredFile:
         from botocore.exceptions import BotoCoreError, ClientError
 
         digest = hashlib.sha256(data)
-        extra: dict[str, Any] = {"ServerSideEncryption": self.sse}
-        if self.kms_key_id:
-            extra = {"ServerSideEncryption": "aws:kms", "SSEKMSKeyId": self.kms_key_id}
         key = self._key(path)
         try:
             self.client.put_object(
@@ -217,7 +233,8 @@ class S3Lake:
                 Body=data,
                 ChecksumAlgorithm="SHA256",
                 ChecksumSHA256=base64.b64encode(digest.digest()).decode(),
-                **extra,
+                IfNoneMatch="*",  # lake files are immutable: never replace one
+                **self._encryption(),
             )
             head = self.client.head_object(Bucket=self.bucket, Key=key)
         except (BotoCoreError, ClientError) as error:
@@ -264,7 +281,10 @@ def make_s3_client() -> S3Client:
     from botocore.config import Config
 
     config = Config(retries={"mode": "standard", "max_attempts": 5}, connect_timeout=10)
-    return boto3.client("s3", config=config)
+    try:
+        return boto3.client("s3", config=config)
+    except ValueError as error:  # e.g. AWS_ENDPOINT_URL is not a URL
+        raise LakeError(f"cannot set up the S3 client: {error}") from None
 
 
 def open_lake(

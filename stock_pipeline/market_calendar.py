@@ -13,6 +13,7 @@ import pandas_market_calendars as mcal
 
 __all__ = [
     "DEFAULT_CLOSE_BUFFER",
+    "EARLIEST_SESSION",
     "EXCHANGE",
     "NEW_YORK",
     "is_session",
@@ -25,8 +26,9 @@ EXCHANGE = "NYSE"
 NEW_YORK = ZoneInfo("America/New_York")
 #: FMP publishes end-of-day bars some time after the close; before then a session is not "completed".
 DEFAULT_CLOSE_BUFFER = dt.timedelta(hours=2)
-# Wide enough for any backfill a user asks for, narrow enough to build once in well under a second.
-_FIRST = dt.date(1990, 1, 1)
+#: The first day the calendar answers for; earlier dates are refused, not silently moved.
+EARLIEST_SESSION = dt.date(1990, 1, 2)
+_FIRST = EARLIEST_SESSION
 
 
 @cache

@@ -78,7 +78,7 @@ def _parse(column: Column, values: list[Any]) -> tuple[pl.Series, pl.Series | No
             # Fast path: every value already a JSON number or null (the usual case).
             numbers = pl.Series(values, dtype=pl.Float64, strict=True)
             sent = numbers.is_not_null()
-        except (TypeError, pl.exceptions.PolarsError):
+        except (TypeError, OverflowError, pl.exceptions.PolarsError):
             text = _text(column, values)
             numbers = text.cast(pl.Float64, strict=False)
             sent = text.is_not_null()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import logging
 import math
 import secrets
 import time
@@ -20,7 +21,16 @@ from typing import Any, Literal
 import polars as pl
 
 from stock_pipeline.datasets import DATASETS, Dataset
-from stock_pipeline.errors import ExitCode, FmpAuthError, FmpError, FmpPlanError, LakeError
+from stock_pipeline.errors import (
+    ConfigError,
+    ExitCode,
+    FmpAuthError,
+    FmpError,
+    FmpPlanError,
+    FmpTransportError,
+    FmpUnreachableError,
+    LakeError,
+)
 from stock_pipeline.fmp import PRICE_ROW_CAP, FmpClient
 from stock_pipeline.lake import (
     Lake,
@@ -41,6 +51,7 @@ __all__ = [
     "ProgressEvent",
     "Request",
     "RunReport",
+    "last_landed_session",
     "new_run_id",
     "plan_run",
     "resolve_range",
@@ -52,6 +63,10 @@ NORMALIZE_BATCH_ROWS = 10_000
 #: Price windows ask for at most this share of FMP's cap, so a full answer is never taken for a capped one.
 WINDOW_FILL = 0.98
 MANIFEST_VERSION = 1
+#: This many requests in a row that cannot connect mean FMP (or the network) is down: stop.
+UNREACHABLE_AFTER = 5
+
+log = logging.getLogger(__name__)
 
 
 def new_run_id(now: dt.datetime) -> str:
@@ -104,6 +119,11 @@ def resolve_range(
     the newest one a successful run landed (or just `end` on an empty lake)."""
     if backfill_days is not None:
         sessions = recent_sessions(end, backfill_days)
+        if len(sessions) < backfill_days:
+            raise ConfigError(
+                f"--backfill-days {backfill_days} reaches before the calendar's first day; "
+                f"only {len(sessions)} sessions end at {end}"
+            )
         return sessions[0], end
     if start is not None:
         return start, end
@@ -114,14 +134,57 @@ def resolve_range(
     return end, end
 
 
+def last_landed_session(
+    manifests: Iterable[Mapping[str, Any]], *, symbols: Sequence[str], datasets: Sequence[str]
+) -> dt.date | None:
+    """The newest session through which every (price dataset, symbol) asked for now has landed.
+
+    Read from run manifests, oldest first: ok and partial runs count, aborted ones do not. A pair
+    that failed with a retryable error in a run has not landed that run's range, so the next
+    catch-up fetches it again; a pair FMP refuses for good (a 402) counts as done. Pairs that never
+    landed (new tickers) do not hold the catch-up back: backfill them explicitly.
+    """
+    price = [d for d in datasets if DATASETS[d].kind == "prices"]
+    through: dict[tuple[str, str], dt.date] = {}
+    # Pairs whose range failed for a passing reason: landed only through the day before it.
+    behind: dict[tuple[str, str], dt.date] = {}
+    for manifest in manifests:
+        if manifest.get("status") not in ("ok", "partial"):
+            continue
+        start = dt.date.fromisoformat(manifest["range"]["start"])
+        end = dt.date.fromisoformat(manifest["range"]["end"])
+        retry = [f for f in manifest.get("failures", []) if f.get("retryable", True)]
+        failed = {(f["dataset"], f["symbol"]) for f in retry}
+        for name in price:
+            if name not in manifest.get("datasets", ()):
+                continue
+            for symbol in manifest.get("symbols", ()):
+                pair = (name, symbol)
+                if pair in failed or (name, None) in failed:
+                    behind.setdefault(pair, start - dt.timedelta(days=1))
+                    continue
+                if pair in behind and start <= behind[pair] + dt.timedelta(days=1):
+                    del behind[pair]  # this run covered the range that had failed
+                if end > through.get(pair, dt.date.min):
+                    through[pair] = end
+    landed = [
+        behind.get((d, s), through.get((d, s)))
+        for d in price
+        for s in symbols
+        if (d, s) in behind or (d, s) in through
+    ]
+    return min((day for day in landed if day is not None), default=None)
+
+
 def _price_windows(sessions: Sequence[dt.date], max_rows: int) -> list[tuple[dt.date, ...]]:
     size = max(1, int(max_rows * WINDOW_FILL))
     return [tuple(sessions[i : i + size]) for i in range(0, len(sessions), size)]
 
 
-def _statement_limit(period: str, start: dt.date, end: dt.date) -> int:
-    """Enough periods to cover the range plus late and restated filings; FMP's minimum plan allows 5."""
-    days = (end - start).days + 1
+def _statement_limit(period: str, start: dt.date, today: dt.date) -> int:
+    """Enough periods to reach back to `start`: FMP answers newest first, counting from today, so
+    the limit covers start to today plus late and restated filings. FMP's smallest plan allows 5."""
+    days = (today - start).days + 1
     wanted = math.ceil(days / 91) + 4 if period == "quarter" else math.ceil(days / 365) + 2
     return min(1000, max(5, wanted))
 
@@ -135,6 +198,7 @@ def plan_run(
     end: dt.date,
     period: str = "both",
     max_price_rows: int = PRICE_ROW_CAP,
+    today: dt.date | None = None,
 ) -> Plan:
     """Every request the run will send, in a stable order (dataset, then symbol)."""
     sessions = tuple(sessions_between(start, end))
@@ -149,7 +213,7 @@ def plan_run(
                     requests.append(Request(name, symbol, params, window))
             elif dataset.kind == "statement":
                 for p in periods:
-                    limit = str(_statement_limit(p, start, end))
+                    limit = str(_statement_limit(p, start, max(end, today or end)))
                     params = (("symbol", symbol), ("period", p), ("limit", limit))
                     requests.append(Request(name, symbol, params))
             else:
@@ -168,6 +232,8 @@ class Failure:
     reason: str
     error: str
     status: int | None = None
+    #: Whether the next catch-up run should fetch it again (False: the plan or FMP refuses it).
+    retryable: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -333,6 +399,7 @@ class _Run:
         self.requests_total = len(plan.requests)
         self.requests_done = 0
         self.rows_fetched = 0
+        self._transport_failures = 0
 
     def _tick(self) -> None:
         if self.progress is not None:
@@ -342,10 +409,17 @@ class _Run:
                 )
             )
 
-    def _fail(self, state: _DatasetState, symbol: str | None, error: Exception) -> None:
+    def _fail(self, state: _DatasetState, symbol: str | None, error: BaseException) -> None:
         reason = type(error).__name__
         status = getattr(error, "status", None)
-        self.failures.append(Failure(state.dataset.name, symbol, reason, str(error), status))
+        # A 402 or another 4xx will be refused again tomorrow; everything else may pass.
+        retryable = not isinstance(error, FmpPlanError) and not (
+            type(error) is FmpError and status is not None and 400 <= status < 500
+        )
+        message = str(error) if isinstance(error, FmpError) else f"unexpected {reason}: {error}"
+        self.failures.append(
+            Failure(state.dataset.name, symbol, reason, message, status, retryable)
+        )
         if symbol is not None:
             state.failed_symbols.add(symbol)
 
@@ -391,9 +465,22 @@ class _Run:
             if error.scope == "dataset" and state.dead is None:
                 state.give_up(error)
             self._fail(state, request.symbol, error)
+        except FmpTransportError as error:
+            self._fail(state, request.symbol, error)
+            self._transport_failures += 1
+            if self._transport_failures >= UNREACHABLE_AFTER:
+                raise FmpUnreachableError(
+                    f"FMP unreachable: {UNREACHABLE_AFTER} requests in a row failed to connect; "
+                    f"last: {error}",
+                    url=error.url,
+                ) from None
         except FmpError as error:
             self._fail(state, request.symbol, error)
+        except Exception as error:  # a bug or a body no rule foresaw: record it, keep the run
+            log.exception("unexpected error on %s %s", request.dataset, request.symbol)
+            self._fail(state, request.symbol, error)
         else:
+            self._transport_failures = 0
             for record in records:
                 # Some endpoints omit the symbol on their rows; the request says which it was.
                 if record.get("symbol") in (None, ""):
@@ -411,10 +498,18 @@ class _Run:
 
     async def _flush(self, state: _DatasetState) -> None:
         batch, state.pending = state.pending, []
-        if batch:
-            state.parts.append(
-                await asyncio.to_thread(normalize_records, state.dataset, batch, self.context)
+        if not batch:
+            return
+        try:
+            normalized = await asyncio.to_thread(
+                normalize_records, state.dataset, batch, self.context
             )
+        except Exception as error:  # nothing of this batch may land half-checked
+            log.exception("could not normalize a batch of %s", state.dataset.name)
+            for symbol in sorted({str(r.get("symbol")) for r in batch}):
+                self._fail(state, symbol, error)
+            return
+        state.parts.append(normalized)
 
     async def _write(
         self, dataset: str, kind: Literal["raw", "quarantine"], value: dt.date, frame: pl.DataFrame
@@ -432,6 +527,11 @@ class _Run:
                 stored = await asyncio.to_thread(self.lake.write_file, path, data)
             except LakeError as error:
                 self.failures.append(Failure(dataset, None, "LakeWriteError", str(error)))
+                return
+            except Exception as error:  # the file did not land; the run goes on and says so
+                log.exception("could not write %s", path)
+                message = f"unexpected {type(error).__name__} writing {path}: {error}"
+                self.failures.append(Failure(dataset, None, type(error).__name__, message))
                 return
         column = "ingest_date" if kind == "quarantine" else info.partition
         self.files.append(FileRecord(dataset, kind, f"{column}={value}", frame.height, stored))
@@ -486,7 +586,7 @@ class _Run:
                 symbols_without_data=tuple(
                     sorted(state.ok_symbols - state.symbols_with_rows - state.failed_symbols)
                 ),
-                rows=rows.height,
+                rows=sum(f.rows for f in files if f.kind == "raw"),
                 quarantined=quarantined,
                 duplicates_dropped=duplicates,
                 files=len(files),
@@ -521,10 +621,10 @@ def _gaps(
     return out
 
 
-def _first_leaf(group: BaseExceptionGroup[FmpAuthError]) -> FmpAuthError:
-    """The first FmpAuthError in a (nested) group from the run's task groups."""
+def _first_leaf(group: BaseExceptionGroup[FmpError]) -> FmpError:
+    """The first error that aborts the run, in a (nested) group from the run's task groups."""
     first = group.exceptions[0]
-    return first if isinstance(first, FmpAuthError) else _first_leaf(first)
+    return first if isinstance(first, FmpError) else _first_leaf(first)
 
 
 async def run_ingest(
@@ -540,7 +640,8 @@ async def run_ingest(
 ) -> RunReport:
     """Fetch, normalize and land every request of `plan`, then write the manifest last.
 
-    A refused key aborts the run: the manifest records the abort and FmpAuthError propagates.
+    A refused key (FmpAuthError) or an unreachable FMP (FmpUnreachableError) aborts the run: the
+    manifest records the abort, no data file is written, and the error propagates.
     """
     run = _Run(plan, client, lake, started_at, progress, write_concurrency, max_price_rows)
     params = dict(parameters or {})
@@ -568,12 +669,14 @@ async def run_ingest(
 
     try:
         summaries, gaps = await run.run()
-    except* FmpAuthError as group:
+    except* (FmpAuthError, FmpUnreachableError) as group:
         error = _first_leaf(group)
         run.failures.append(
-            Failure(error.dataset or "", error.symbol, "FmpAuthError", str(error), error.status)
+            Failure(
+                error.dataset or "", error.symbol, type(error).__name__, str(error), error.status
+            )
         )
-        aborted = report("aborted", ExitCode.AUTH, [], {})
+        aborted = report("aborted", error.exit_code, [], {})
         await asyncio.to_thread(write_manifest, lake, aborted.to_manifest())
         raise error from None
     partial = bool(run.failures)

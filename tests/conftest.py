@@ -52,7 +52,15 @@ def s3_endpoint() -> Iterator[str]:
     server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
     server.start()
     host, port = server.get_host_and_port()
-    yield f"http://{host}:{port}"
+    endpoint = f"http://{host}:{port}"
+    # moto imports its S3 backend on the first request. Doing that now, before any test runs,
+    # keeps the import from racing the main thread's own imports (CPython 3.11's parser is not
+    # safe to use from two threads at once: "AST constructor recursion depth mismatch").
+    boto3.client(
+        "s3", endpoint_url=endpoint, region_name="us-east-1",
+        aws_access_key_id="testing", aws_secret_access_key="testing",
+    ).list_buckets()  # fmt: skip
+    yield endpoint
     server.stop()
 
 

@@ -626,3 +626,7 @@ async def test_pacer_counts_a_slow_request_from_when_its_answer_came_back() -> N
         answered = loop.time()
     await third
     assert pacer.sent[-1] >= answered + 0.2
+
+
+def test_a_short_key_is_redacted_in_urls_but_leaves_words_alone() -> None:
+    assert redact("./demo-lake and ?apikey=demo&x=1", "demo") == "./demo-lake and ?apikey=***&x=1"

@@ -260,3 +260,36 @@ async def test_failures_after_retries_leak_no_key(
     text = json.dumps(report.to_manifest()) + caplog.text + all_text_under(tmp_path)
     assert "apikey=***" in text
     assert_no_secret(text)
+
+
+class BrokenLake(LocalLake):
+    """A real local lake whose writes of one partition fail in a way nobody foresaw."""
+
+    def write_file(self, path: str, data: bytes) -> StoredFile:
+        if "date=2025-03-06" in path:
+            raise RuntimeError("disk controller on fire")
+        return super().write_file(path, data)
+
+
+async def test_an_unforeseen_write_error_is_recorded_and_the_rest_lands(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = BrokenLake(tmp_path)
+    async with fmp_server() as (url, _):
+        report = await ingest(url, lake, ("AAPL", "MSFT"))
+    assert report.exit_code is ExitCode.PARTIAL
+    [failure] = report.failures
+    assert "disk controller on fire" in failure.error
+    assert report.summaries[0].rows == 18  # what landed, not what was fetched
+    assert read_dataset(lake, DATASETS["prices"]).height == 18
+
+
+def test_statement_limits_reach_back_to_the_start_from_today() -> None:
+    plan = plan_run(
+        run_id="r", symbols=("AAPL",), datasets=("income_statement",),
+        start=dt.date(2016, 1, 4), end=dt.date(2016, 12, 30), period="quarter",
+        today=dt.date(2026, 11, 23),
+    )  # fmt: skip
+    [request] = plan.requests
+    # FMP answers newest first: 2016 is about 43 quarters back from today.
+    assert int(dict(request.params)["limit"]) >= 43
