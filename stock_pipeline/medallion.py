@@ -1,0 +1,431 @@
+"""The medallion tables as SQL: Bronze and Silver DDL, the per-batch dedup + MERGE, the type-2
+company history, the Silver data-quality split and the Gold views.
+
+Everything here is text built from the dataset registry, in the Databricks SQL dialect, so the
+Databricks notebooks, the local `stock-pipeline lakehouse` command and the tests run the same
+statements and the two halves of the product cannot drift apart. Nothing here touches an engine.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from stock_pipeline.datasets import (
+    DATASETS,
+    INGESTED_AT_COLUMN,
+    QUARANTINE_COLUMNS,
+    RUN_ID_COLUMN,
+    Column,
+    ColumnType,
+    Dataset,
+)
+
+__all__ = [
+    "BRONZE_LINEAGE",
+    "COMPANY_ATTRIBUTES",
+    "GOLD_VIEWS",
+    "SILVER_LINEAGE",
+    "TRADING_DAYS_PER_YEAR",
+    "Tables",
+    "bronze_table",
+    "check_split_sql",
+    "create_table_sql",
+    "dedup_sql",
+    "dim_company_columns",
+    "gold_view_sql",
+    "merge_sql",
+    "scd2_merge_sql",
+    "silver_columns",
+    "silver_table",
+]
+
+SOURCE_FILE = "_source_file"
+SOURCE_MODIFIED_AT = "_source_modified_at"
+RESCUED_DATA = "_rescued_data"
+#: Columns Auto Loader adds in Bronze: where each row came from, and what did not fit the schema.
+BRONZE_LINEAGE: tuple[Column, ...] = (
+    Column(SOURCE_FILE, ColumnType.STRING),
+    Column(SOURCE_MODIFIED_AT, ColumnType.TIMESTAMP),
+    Column(RESCUED_DATA, ColumnType.STRING),
+)
+#: Silver keeps the file each row came from, for audits.
+SILVER_LINEAGE: tuple[Column, ...] = (Column(SOURCE_FILE, ColumnType.STRING),)
+TRADING_DAYS_PER_YEAR = 252
+
+#: Profile fields whose change opens a new version of a company in `dim_company` (type 2).
+COMPANY_ATTRIBUTES: tuple[str, ...] = (
+    "company_name", "sector", "industry", "exchange", "exchange_full_name", "country",
+    "currency", "cik", "isin", "cusip", "ceo", "ipo_date", "is_etf", "is_adr", "is_fund",
+    "is_actively_trading",
+)  # fmt: skip
+
+
+@dataclass(frozen=True, slots=True)
+class Tables:
+    """Where the tables live: `catalog.schema.table` on Databricks, a bare name elsewhere."""
+
+    catalog: str | None = None
+    schema: str | None = None
+
+    def name(self, table: str) -> str:
+        return ".".join(part for part in (self.catalog, self.schema, table) if part)
+
+
+def bronze_table(dataset: Dataset | str) -> str:
+    """Bronze table name; "quarantine" for the quarantined rows of every dataset."""
+    name = dataset if isinstance(dataset, str) else dataset.name
+    return f"bronze_{name}"
+
+
+def silver_table(dataset: Dataset) -> str:
+    return "dim_company" if dataset.name == "profile" else f"silver_{dataset.name}"
+
+
+def bronze_columns(dataset: Dataset | None) -> tuple[Column, ...]:
+    """A Bronze table's columns; `None` for the quarantine table (with a `dataset` column)."""
+    if dataset is None:
+        return (
+            Column("dataset", ColumnType.STRING),
+            *QUARANTINE_COLUMNS,
+            Column("ingest_date", ColumnType.DATE),
+            *BRONZE_LINEAGE,
+        )
+    return (*dataset.table_columns, *BRONZE_LINEAGE)
+
+
+def silver_columns(dataset: Dataset) -> tuple[Column, ...]:
+    """A Silver table's columns: the dataset's, its lineage and the source file."""
+    return (*dataset.table_columns, *SILVER_LINEAGE)
+
+
+def dim_company_columns() -> tuple[Column, ...]:
+    profile = DATASETS["profile"]
+    return (
+        profile.column("symbol"),
+        *(profile.column(name) for name in COMPANY_ATTRIBUTES),
+        Column("valid_from", ColumnType.TIMESTAMP),
+        Column("valid_to", ColumnType.TIMESTAMP),
+        Column("is_current", ColumnType.BOOL),
+        Column("_attr_hash", ColumnType.STRING),
+        Column(RUN_ID_COLUMN, ColumnType.STRING),
+        Column(INGESTED_AT_COLUMN, ColumnType.TIMESTAMP),
+    )
+
+
+def create_table_sql(
+    table: str,
+    columns: Sequence[Column],
+    *,
+    cluster_by: Sequence[str] = (),
+    change_data_feed: bool = False,
+) -> str:
+    """CREATE TABLE IF NOT EXISTS for a Delta table, liquid-clustered on `cluster_by`."""
+    body = ",\n  ".join(f"{c.name} {c.type.spark}" for c in columns)
+    sql = f"CREATE TABLE IF NOT EXISTS {table} (\n  {body}\n) USING DELTA"
+    if cluster_by:
+        sql += f"\nCLUSTER BY ({', '.join(cluster_by)})"
+    if change_data_feed:
+        sql += "\nTBLPROPERTIES (delta.enableChangeDataFeed = true)"
+    return sql
+
+
+def dedup_sql(dataset: Dataset, source: str) -> str:
+    """One row per key from `source`, the newest `_ingested_at` winning (then the newest file)."""
+    columns = ", ".join(c.name for c in silver_columns(dataset))
+    keys = ", ".join(dataset.key)
+    return (
+        f"SELECT {columns} FROM (\n"
+        f"  SELECT {columns},\n"
+        f"    ROW_NUMBER() OVER (PARTITION BY {keys} "
+        f"ORDER BY {INGESTED_AT_COLUMN} DESC, {SOURCE_FILE} DESC) AS _row_rank\n"
+        f"  FROM {source}\n"
+        f") AS ranked WHERE _row_rank = 1"
+    )
+
+
+def _violation(dataset: Dataset) -> str:
+    return " OR ".join(f"COALESCE({c.violated_sql}, FALSE)" for c in dataset.checks) or "FALSE"
+
+
+def check_split_sql(dataset: Dataset, source: str) -> tuple[str, str]:
+    """(rows that pass every check, rows that break one with a `_reason`) from `source`.
+
+    Quarantine at ingest already keeps such rows out of raw/; these checks guard Silver against
+    anything that reaches Bronze another way, and the rejected rows are counted and kept."""
+    columns = ", ".join(c.name for c in silver_columns(dataset))
+    violated = _violation(dataset)
+    reasons = ", ".join(
+        f"CASE WHEN COALESCE({c.violated_sql}, FALSE) THEN '{c.reason}' END" for c in dataset.checks
+    )
+    reason = f"concat_ws('; ', {reasons})" if reasons else "CAST(NULL AS STRING)"
+    passing = f"SELECT {columns} FROM {source} WHERE NOT ({violated})"
+    rejected = (
+        f"SELECT '{dataset.name}' AS dataset, {columns}, {reason} AS _reason "
+        f"FROM {source} WHERE {violated}"
+    )
+    return passing, rejected
+
+
+def merge_sql(dataset: Dataset, source: str, target: str) -> str:
+    """The Silver MERGE: deduplicated source rows update only older target rows; replays change
+    nothing, since a replayed row is not newer than the one it already wrote."""
+    columns = [c.name for c in silver_columns(dataset)]
+    on = " AND ".join(f"t.{k} = s.{k}" for k in dataset.key)
+    updates = ", ".join(f"{c} = s.{c}" for c in columns if c not in dataset.key)
+    return (
+        f"MERGE INTO {target} AS t\n"
+        f"USING (\n{dedup_sql(dataset, source)}\n) AS s\n"
+        f"ON {on}\n"
+        f"WHEN MATCHED AND s.{INGESTED_AT_COLUMN} > t.{INGESTED_AT_COLUMN} THEN UPDATE SET {updates}\n"
+        f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)}) "
+        f"VALUES ({', '.join(f's.{c}' for c in columns)})"
+    )
+
+
+def _company_versions(source: str) -> str:
+    """The newest profile per symbol in `source`, with the hash of its tracked attributes."""
+    attributes = ", ".join(COMPANY_ATTRIBUTES)
+    hashed = ", ".join(f"COALESCE(CAST({a} AS STRING), '')" for a in COMPANY_ATTRIBUTES)
+    return (
+        f"SELECT symbol, {attributes}, {INGESTED_AT_COLUMN} AS valid_from, "
+        f"md5(concat_ws('|', {hashed})) AS _attr_hash, {RUN_ID_COLUMN}, {INGESTED_AT_COLUMN}\n"
+        f"FROM (\n"
+        f"  SELECT *, ROW_NUMBER() OVER (PARTITION BY symbol "
+        f"ORDER BY {INGESTED_AT_COLUMN} DESC, {SOURCE_FILE} DESC) AS _row_rank\n"
+        f"  FROM {source}\n"
+        f") AS ranked WHERE _row_rank = 1"
+    )
+
+
+def scd2_merge_sql(source: str, target: str) -> str:
+    """The type-2 MERGE into dim_company: a changed company closes its current row (valid_to,
+    is_current = false) and gets a new current one; unchanged and older profiles change nothing."""
+    versions = _company_versions(source)
+    columns = [c.name for c in dim_company_columns()]
+    inserted = [
+        "CAST(NULL AS TIMESTAMP)" if c == "valid_to" else "TRUE" if c == "is_current" else f"m.{c}"
+        for c in columns
+    ]
+    return (
+        f"MERGE INTO {target} AS t\n"
+        f"USING (\n"
+        f"  SELECT v.symbol AS _merge_key, v.* FROM ({versions}) AS v\n"
+        f"  UNION ALL\n"
+        f"  SELECT CAST(NULL AS STRING) AS _merge_key, v.* FROM ({versions}) AS v\n"
+        f"  JOIN {target} AS c ON c.symbol = v.symbol AND c.is_current\n"
+        f"  WHERE c._attr_hash <> v._attr_hash AND v.valid_from > c.valid_from\n"
+        f") AS m\n"
+        f"ON t.symbol = m._merge_key AND t.is_current\n"
+        f"WHEN MATCHED AND t._attr_hash <> m._attr_hash AND m.valid_from > t.valid_from THEN\n"
+        f"  UPDATE SET is_current = FALSE, valid_to = m.valid_from\n"
+        f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)}) VALUES ({', '.join(inserted)})"
+    )
+
+
+# --- Gold -------------------------------------------------------------------------------------
+
+
+def _window(rows: int | None = None, *, order: str = "date") -> str:
+    frame = (
+        f" ROWS BETWEEN {rows - 1} PRECEDING AND CURRENT ROW"
+        if rows
+        else " ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW"
+        if rows is None
+        else ""
+    )
+    return f"OVER (PARTITION BY symbol ORDER BY {order}{frame})"
+
+
+def _when(enough: str, expr: str) -> str:
+    return f"CASE WHEN {enough} THEN {expr} END"
+
+
+def price_features_sql(tables: Tables) -> str:
+    """Daily price features; a window value is NULL until the symbol has enough history."""
+    ordered = "OVER (PARTITION BY symbol ORDER BY date)"
+    n = "_n"
+    annualize = f"SQRT({TRADING_DAYS_PER_YEAR})"
+    returns = ", ".join(
+        f"{_when(f'{n} > {k}', f'close / LAG(close, {k}) {ordered} - 1')} AS return_{k}d"
+        for k in (5, 20, 60)
+    )
+    moving = ", ".join(
+        f"{_when(f'{n} >= {k}', f'AVG(close) {_window(k)}')} AS sma_{k}" for k in (20, 50, 200)
+    )
+    # k returns need k + 1 prices: the first row has no return.
+    vol = ", ".join(
+        f"{_when(f'{n} > {k}', f'STDDEV_SAMP(log_return) {_window(k)} * {annualize}')}"
+        f" AS volatility_{k}d"
+        for k in (20, 60)
+    )
+    year = TRADING_DAYS_PER_YEAR
+    return f"""CREATE OR REPLACE VIEW {tables.name("price_features")} AS
+WITH base AS (
+  SELECT symbol, date, open, high, low, close, volume,
+    ROW_NUMBER() {ordered} AS {n},
+    close / LAG(close) {ordered} - 1 AS daily_return,
+    LN(close / LAG(close) {ordered}) AS log_return,
+    GREATEST(close - LAG(close) {ordered}, 0) AS _gain,
+    GREATEST(LAG(close) {ordered} - close, 0) AS _loss
+  FROM {tables.name("silver_prices")}
+), windows AS (
+  SELECT *,
+    {returns},
+    {moving},
+    {vol},
+    {_when(f"{n} > 14", f"AVG(_gain) {_window(14)}")} AS _avg_gain_14,
+    {_when(f"{n} > 14", f"AVG(_loss) {_window(14)}")} AS _avg_loss_14,
+    {_when(f"{n} >= {year}", f"MAX(high) {_window(year)}")} AS high_52w,
+    {_when(f"{n} >= {year}", f"MIN(low) {_window(year)}")} AS low_52w,
+    MAX(close) {_window(None)} AS _running_peak,
+    {_when(f"{n} >= 20", f"AVG(close * volume) {_window(20)}")} AS avg_dollar_volume_20d,
+    {_when(f"{n} >= 20", f"AVG(volume) {_window(20)}")} AS _avg_volume_20,
+    {_when(f"{n} >= 20", f"STDDEV_SAMP(volume) {_window(20)}")} AS _sd_volume_20
+  FROM base
+)
+SELECT symbol, date, open, high, low, close, volume, daily_return, log_return,
+  return_5d, return_20d, return_60d, sma_20, sma_50, sma_200, volatility_20d, volatility_60d,
+  CASE WHEN _avg_loss_14 = 0 AND _avg_gain_14 = 0 THEN 50.0
+       WHEN _avg_loss_14 = 0 THEN 100.0
+       ELSE 100 - 100 / (1 + _avg_gain_14 / _avg_loss_14) END AS rsi_14,
+  high_52w, low_52w, close / high_52w - 1 AS pct_from_52w_high, close / low_52w - 1 AS pct_from_52w_low,
+  close / _running_peak - 1 AS drawdown,
+  avg_dollar_volume_20d,
+  CASE WHEN _sd_volume_20 > 0 THEN (volume - _avg_volume_20) / _sd_volume_20 END AS volume_zscore_20d
+FROM windows"""
+
+
+def fundamentals_pit_sql(tables: Tables) -> str:
+    """Trailing-twelve-month fundamentals from quarterly statements, each row stamped with the
+    moment it became public (`known_from`, the SEC acceptance time), never the period end."""
+    quarter = "period IN ('Q1', 'Q2', 'Q3', 'Q4')"
+    ttm = "OVER (PARTITION BY symbol ORDER BY date ROWS BETWEEN 3 PRECEDING AND CURRENT ROW)"
+    return f"""CREATE OR REPLACE VIEW {tables.name("fundamentals_pit")} AS
+WITH quarters AS (
+  SELECT i.symbol, i.date, i.period, i.fiscal_year, i.reported_currency,
+    GREATEST(i.accepted_date, b.accepted_date, c.accepted_date) AS accepted_at,
+    i.revenue, i.net_income, i.eps_diluted, i.weighted_average_shs_out_dil,
+    c.free_cash_flow, c.operating_cash_flow,
+    b.total_assets, b.total_liabilities, b.total_stockholders_equity
+  FROM {tables.name("silver_income_statement")} AS i
+  JOIN {tables.name("silver_cash_flow")} AS c
+    ON c.symbol = i.symbol AND c.date = i.date AND c.period = i.period
+  JOIN {tables.name("silver_balance_sheet")} AS b
+    ON b.symbol = i.symbol AND b.date = i.date AND b.period = i.period
+  WHERE i.{quarter}
+), trailing AS (
+  SELECT *,
+    COUNT(*) {ttm} AS _quarters,
+    MIN(date) {ttm} AS _first_period_end,
+    MAX(accepted_at) {ttm} AS known_at,
+    SUM(revenue) {ttm} AS _revenue_4q,
+    SUM(net_income) {ttm} AS _net_income_4q,
+    SUM(eps_diluted) {ttm} AS _eps_diluted_4q,
+    SUM(free_cash_flow) {ttm} AS _free_cash_flow_4q,
+    SUM(operating_cash_flow) {ttm} AS _operating_cash_flow_4q
+  FROM quarters
+), complete AS (
+  -- Four consecutive quarters span about 9 months between the first and last period end.
+  SELECT *, _quarters = 4 AND DATEDIFF(date, _first_period_end) BETWEEN 250 AND 300 AS _full_year
+  FROM trailing
+)
+SELECT symbol, date AS period_end, period, fiscal_year, reported_currency, known_at,
+  CAST(from_utc_timestamp(known_at, 'America/New_York') AS DATE) AS known_from,
+  CASE WHEN _full_year THEN _revenue_4q END AS ttm_revenue,
+  CASE WHEN _full_year THEN _net_income_4q END AS ttm_net_income,
+  CASE WHEN _full_year THEN _eps_diluted_4q END AS ttm_eps_diluted,
+  CASE WHEN _full_year THEN _free_cash_flow_4q END AS ttm_free_cash_flow,
+  CASE WHEN _full_year THEN _operating_cash_flow_4q END AS ttm_operating_cash_flow,
+  total_assets, total_liabilities, total_stockholders_equity,
+  weighted_average_shs_out_dil AS diluted_shares
+FROM complete"""
+
+
+def daily_features_sql(tables: Tables) -> str:
+    """Prices joined with the fundamentals known on each date: a filing counts from the day after
+    it was accepted (acceptance is often after the close), until the next filing counts."""
+    return f"""CREATE OR REPLACE VIEW {tables.name("daily_features")} AS
+WITH pit AS (
+  SELECT *,
+    DATE_ADD(known_from, 1) AS usable_from,
+    LEAD(DATE_ADD(known_from, 1)) OVER (PARTITION BY symbol ORDER BY known_from, period_end)
+      AS usable_until
+  FROM {tables.name("fundamentals_pit")}
+)
+SELECT p.symbol, p.date, p.close, p.volume,
+  f.period_end AS fundamentals_period_end, f.known_from AS fundamentals_known_from,
+  f.ttm_revenue, f.ttm_net_income, f.ttm_eps_diluted, f.ttm_free_cash_flow,
+  p.close * f.diluted_shares AS market_cap,
+  CASE WHEN f.ttm_eps_diluted > 0 THEN p.close / f.ttm_eps_diluted END AS pe_ratio,
+  CASE WHEN f.ttm_revenue > 0 THEN p.close * f.diluted_shares / f.ttm_revenue END AS ps_ratio,
+  CASE WHEN f.total_stockholders_equity > 0
+    THEN p.close * f.diluted_shares / f.total_stockholders_equity END AS pb_ratio,
+  CASE WHEN p.close * f.diluted_shares > 0
+    THEN f.ttm_free_cash_flow / (p.close * f.diluted_shares) END AS fcf_yield
+FROM {tables.name("silver_prices")} AS p
+LEFT JOIN pit AS f
+  ON f.symbol = p.symbol AND p.date >= f.usable_from
+  AND (f.usable_until IS NULL OR p.date < f.usable_until)"""
+
+
+def data_health_sql(tables: Tables) -> str:
+    """Per dataset: the newest data landed, symbols covered against the universe (the symbols of
+    the newest run), session gaps against the exchange calendar, quarantined rows, last run."""
+    silver = {
+        name: tables.name(silver_table(d)) for name, d in DATASETS.items() if d.kind != "profile"
+    }
+    latest = "\n  UNION ALL\n  ".join(
+        f"SELECT '{name}' AS dataset, MAX({'date' if DATASETS[name].kind == 'prices' else 'ingest_date'})"
+        f" AS latest_landed, COUNT(DISTINCT symbol) AS symbols_covered, COUNT(*) AS silver_rows "
+        f"FROM {table}"
+        for name, table in silver.items()
+    )
+    latest += (
+        f"\n  UNION ALL\n  SELECT 'profile' AS dataset, CAST(MAX(valid_from) AS DATE), "
+        f"COUNT(DISTINCT symbol), COUNT(*) FROM {tables.name('dim_company')} WHERE is_current"
+    )
+    gaps = "\n  UNION ALL\n  ".join(
+        f"""SELECT '{name}' AS dataset, COUNT(*) AS session_gaps FROM (
+    SELECT r.symbol, s.session FROM (
+      SELECT symbol, MIN(date) AS first_date, MAX(date) AS last_date FROM {silver[name]} GROUP BY symbol
+    ) AS r JOIN {tables.name("ref_exchange_sessions")} AS s
+      ON s.session BETWEEN r.first_date AND r.last_date
+    LEFT ANTI JOIN {silver[name]} AS p ON p.symbol = r.symbol AND p.date = s.session
+  ) AS missing"""
+        for name, d in DATASETS.items()
+        if d.kind == "prices"
+    )
+    return f"""CREATE OR REPLACE VIEW {tables.name("data_health")} AS
+WITH latest AS (
+  {latest}
+), gaps AS (
+  {gaps}
+), quarantined AS (
+  SELECT dataset, COUNT(*) AS quarantined_rows FROM {tables.name("bronze_quarantine")} GROUP BY dataset
+), runs AS (
+  SELECT run_id, status, finished_at, size(symbols) AS universe,
+    ROW_NUMBER() OVER (ORDER BY run_id DESC) AS _recency
+  FROM {tables.name("bronze_runs")}
+)
+SELECT l.dataset, l.latest_landed, l.symbols_covered, r.universe AS symbols_in_universe,
+  l.silver_rows, COALESCE(g.session_gaps, 0) AS session_gaps,
+  COALESCE(q.quarantined_rows, 0) AS quarantined_rows,
+  r.run_id AS last_run_id, r.status AS last_run_status, r.finished_at AS last_run_finished_at
+FROM latest AS l
+LEFT JOIN gaps AS g ON g.dataset = l.dataset
+LEFT JOIN quarantined AS q ON q.dataset = l.dataset
+LEFT JOIN runs AS r ON r._recency = 1"""
+
+
+#: Gold views in the order they must be created (later ones read earlier ones).
+GOLD_VIEWS = {
+    "price_features": price_features_sql,
+    "fundamentals_pit": fundamentals_pit_sql,
+    "daily_features": daily_features_sql,
+    "data_health": data_health_sql,
+}
+
+
+def gold_view_sql(name: str, tables: Tables) -> str:
+    return GOLD_VIEWS[name](tables)
