@@ -53,6 +53,7 @@ __all__ = [
     "encode_quarantine",
     "manifest_path",
     "open_lake",
+    "partition_column",
     "partition_path",
     "read_dataset",
     "read_manifests",
@@ -305,12 +306,21 @@ def open_lake(
     return LocalLake(uri)
 
 
+def partition_column(dataset: Dataset, *, quarantine: bool = False) -> str:
+    """The column in a file's path: the dataset's partition, or the run's date for quarantine."""
+    return "ingest_date" if quarantine else dataset.partition
+
+
+def _area(quarantine: bool) -> str:
+    return QUARANTINE if quarantine else RAW
+
+
 def partition_path(
     dataset: Dataset, value: dt.date, run_id: str, *, quarantine: bool = False
 ) -> str:
     """The lake-relative path of one partition's file for one run."""
-    area, column = (QUARANTINE, "ingest_date") if quarantine else (RAW, dataset.partition)
-    return f"{area}/{dataset.name}/{column}={value.isoformat()}/{run_id}.parquet"
+    column = partition_column(dataset, quarantine=quarantine)
+    return f"{_area(quarantine)}/{dataset.name}/{column}={value.isoformat()}/{run_id}.parquet"
 
 
 def manifest_path(run_id: str) -> str:
@@ -375,10 +385,9 @@ def read_dataset(
 ) -> pl.DataFrame:
     """A dataset as readers should see it: every file, the partition column typed from the path,
     and (with `latest`) one row per key, the newest `_ingested_at` winning."""
-    area = QUARANTINE if quarantine else RAW
-    column = "ingest_date" if quarantine else dataset.partition
+    column = partition_column(dataset, quarantine=quarantine)
     frames = []
-    for path in lake.list_files(f"{area}/{dataset.name}/"):
+    for path in lake.list_files(f"{_area(quarantine)}/{dataset.name}/"):
         if not path.endswith(".parquet"):
             continue
         value = next(p.split("=", 1)[1] for p in path.split("/") if p.startswith(f"{column}="))

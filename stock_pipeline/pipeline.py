@@ -37,6 +37,7 @@ from stock_pipeline.lake import (
     StoredFile,
     encode_partition,
     encode_quarantine,
+    partition_column,
     partition_path,
     split_partitions,
     write_manifest,
@@ -533,7 +534,7 @@ class _Run:
                 message = f"unexpected {type(error).__name__} writing {path}: {error}"
                 self.failures.append(Failure(dataset, None, type(error).__name__, message))
                 return
-        column = "ingest_date" if kind == "quarantine" else info.partition
+        column = partition_column(info, quarantine=quarantine)
         self.files.append(FileRecord(dataset, kind, f"{column}={value}", frame.height, stored))
         self._tick()
 
