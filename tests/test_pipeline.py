@@ -190,14 +190,17 @@ async def test_unknown_symbols_are_reported_as_without_data(
 class RecordingLake(LocalLake):
     """A real local lake that remembers the order of writes and can fail one path."""
 
-    def __init__(self, root: Path, fail_on: str | None = None) -> None:
+    def __init__(
+        self, root: Path, fail_on: str | None = None, error: Exception | None = None
+    ) -> None:
         super().__init__(root)
         self.order: list[str] = []
         self.fail_on = fail_on
+        self.error = error
 
     def write_file(self, path: str, data: bytes) -> StoredFile:
         if self.fail_on and self.fail_on in path:
-            raise LakeWriteError(f"simulated disk failure writing {path}")
+            raise self.error or LakeWriteError(f"simulated disk failure writing {path}")
         self.order.append(path)
         return super().write_file(path, data)
 
@@ -262,19 +265,12 @@ async def test_failures_after_retries_leak_no_key(
     assert_no_secret(text)
 
 
-class BrokenLake(LocalLake):
-    """A real local lake whose writes of one partition fail in a way nobody foresaw."""
-
-    def write_file(self, path: str, data: bytes) -> StoredFile:
-        if "date=2025-03-06" in path:
-            raise RuntimeError("disk controller on fire")
-        return super().write_file(path, data)
-
-
 async def test_an_unforeseen_write_error_is_recorded_and_the_rest_lands(
     fmp_server: SimulatorFactory, tmp_path: Path
 ) -> None:
-    lake = BrokenLake(tmp_path)
+    lake = RecordingLake(
+        tmp_path, fail_on="date=2025-03-06", error=RuntimeError("disk controller on fire")
+    )
     async with fmp_server() as (url, _):
         report = await ingest(url, lake, ("AAPL", "MSFT"))
     assert report.exit_code is ExitCode.PARTIAL
