@@ -40,6 +40,7 @@ from stock_pipeline.fmp import (
     redact,
 )
 from stock_pipeline.lake import Lake, open_lake, read_manifests
+from stock_pipeline.lakehouse import LakehouseReport
 from stock_pipeline.market_calendar import EARLIEST_SESSION, last_completed_session
 from stock_pipeline.pipeline import (
     Plan,
@@ -488,6 +489,75 @@ def demo(
             highlight=False,
         )
     raise typer.Exit(int(code))
+
+
+@app.command()
+def lakehouse(
+    lake: Annotated[
+        str,
+        typer.Option(
+            "--lake", envvar="STOCK_PIPELINE_LAKE", help="The local lake folder to build from."
+        ),
+    ] = DEFAULT_LAKE,
+    database: Annotated[
+        Path, typer.Option("--database", help="The DuckDB file the tables and views go in.")
+    ] = Path("lakehouse.duckdb"),
+    query: Annotated[
+        str | None,
+        typer.Option("--query", help="SQL to run once the tables are built; prints the rows."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """Build the Databricks Bronze, Silver and Gold tables from a local lake, in a DuckDB file."""
+    from stock_pipeline.lake import LocalLake
+    from stock_pipeline.lakehouse import build_lakehouse, run_query
+
+    _configure_logging(verbose)
+    if "://" in lake:
+        raise _fail(
+            f"{lake} is not a local folder: the lakehouse command builds from a local lake "
+            "(copy it first, e.g. `aws s3 sync`)",
+            ExitCode.USAGE,
+            None,
+        )
+
+    def build() -> ExitCode:
+        try:
+            _print_lakehouse(build_lakehouse(LocalLake(lake), database))
+            if query:
+                _print_rows(*run_query(database, query))
+        except StockPipelineError as error:
+            raise _fail(error, error.exit_code, None) from None
+        return ExitCode.OK
+
+    raise typer.Exit(int(_guarded(build, None)))
+
+
+def _print_lakehouse(report: LakehouseReport) -> None:
+    table = Table(title=f"Lakehouse {report.database}")
+    for name in ("dataset", "new files", "new rows", "rejected", "quarantined", "silver rows"):
+        table.add_column(name, justify="left" if name == "dataset" else "right")
+    for name, load in report.datasets.items():
+        table.add_row(
+            name, *(str(v) for v in (load.new_files, load.new_rows, load.rejected,
+                                     load.quarantined, load.silver_rows))
+        )  # fmt: skip
+    out.print(table)
+    out.print(
+        f"{report.new_runs} new run manifests; Gold views: {', '.join(report.views)}. "
+        f'Query them with --query "SELECT * FROM daily_features LIMIT 5".',
+        highlight=False,
+    )
+
+
+def _print_rows(columns: list[str], rows: list[tuple[object, ...]]) -> None:
+    table = Table()
+    for name in columns:
+        table.add_column(name)
+    for row in rows:
+        table.add_row(*("NULL" if v is None else str(v) for v in row))
+    out.print(table)
+    out.print(f"{len(rows)} rows", highlight=False)
 
 
 @app.command()

@@ -4,6 +4,8 @@
     ├── ConfigError           exit 2   bad options, tickers file, missing key; found before any request
     ├── LakeError             exit 2   the lake cannot be reached, listed or read (raised by lake.py)
     │   └── LakeWriteError    exit 1   a file could not be written after the run started
+    ├── LakehouseError        exit 1   the local lakehouse build failed; its database is unchanged
+    │   └── QueryError        exit 2   a --query that does not run on the built tables
     └── FmpError              exit 1   one FMP request failed (raised by fmp.py, recorded per request)
         ├── FmpAuthError      exit 3   the key was refused (401, or 403 on a legacy endpoint): abort
         ├── FmpPlanError      exit 1   402: a symbol, parameter or endpoint is outside the plan
@@ -36,6 +38,8 @@ __all__ = [
     "FmpUnreachableError",
     "LakeError",
     "LakeWriteError",
+    "LakehouseError",
+    "QueryError",
     "StockPipelineError",
 ]
 
@@ -75,6 +79,18 @@ class LakeWriteError(LakeError):
     """A write failed after the run started: what landed before it stays, the run is partial."""
 
     exit_code = ExitCode.PARTIAL
+
+
+class LakehouseError(StockPipelineError):
+    """Building the local lakehouse failed; each dataset's load commits whole or not at all."""
+
+    exit_code = ExitCode.PARTIAL
+
+
+class QueryError(LakehouseError):
+    """A query on the built lakehouse did not run (bad SQL, an unknown table)."""
+
+    exit_code = ExitCode.USAGE
 
 
 class FmpError(StockPipelineError):

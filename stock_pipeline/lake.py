@@ -48,6 +48,7 @@ __all__ = [
     "LocalLake",
     "S3Lake",
     "StoredFile",
+    "dataset_files",
     "encode_parquet",
     "encode_partition",
     "encode_quarantine",
@@ -57,6 +58,7 @@ __all__ = [
     "partition_path",
     "read_dataset",
     "read_manifests",
+    "read_partition_file",
     "write_manifest",
 ]
 
@@ -143,6 +145,10 @@ class LocalLake:
             return (self.root / path).read_bytes()
         except OSError as error:
             raise LakeError(f"could not read {self.root / path}: {error.strerror}") from None
+
+    def modified_at(self, path: str) -> dt.datetime:
+        """When a file landed (its modification time), for lineage."""
+        return dt.datetime.fromtimestamp((self.root / path).stat().st_mtime, dt.UTC)
 
     def list_files(self, prefix: str) -> list[str]:
         base = self.root / prefix
@@ -380,21 +386,39 @@ def read_manifests(lake: Lake) -> list[dict[str, Any]]:
     return manifests
 
 
+def dataset_files(lake: Lake, dataset: Dataset, *, quarantine: bool = False) -> list[str]:
+    """The lake-relative paths of a dataset's Parquet files, oldest partition first."""
+    return [
+        path
+        for path in lake.list_files(f"{_area(quarantine)}/{dataset.name}/")
+        if path.endswith(".parquet")
+    ]
+
+
+def read_partition_file(
+    lake: Lake, dataset: Dataset, path: str, *, quarantine: bool = False
+) -> pl.DataFrame:
+    """One lake file with its partition column typed from the path, as Hive-aware readers see it."""
+    column = partition_column(dataset, quarantine=quarantine)
+    value = next(p.split("=", 1)[1] for p in path.split("/") if p.startswith(f"{column}="))
+    try:
+        frame = pl.from_arrow(pq.read_table(io.BytesIO(lake.read_file(path))))
+    except pa.ArrowException as error:
+        raise LakeError(f"{path} in {lake.uri} is not a readable Parquet file: {error}") from None
+    assert isinstance(frame, pl.DataFrame)
+    return frame.with_columns(pl.lit(dt.date.fromisoformat(value)).alias(column))
+
+
 def read_dataset(
     lake: Lake, dataset: Dataset, *, quarantine: bool = False, latest: bool = True
 ) -> pl.DataFrame:
     """A dataset as readers should see it: every file, the partition column typed from the path,
     and (with `latest`) one row per key, the newest `_ingested_at` winning."""
     column = partition_column(dataset, quarantine=quarantine)
-    frames = []
-    for path in lake.list_files(f"{_area(quarantine)}/{dataset.name}/"):
-        if not path.endswith(".parquet"):
-            continue
-        value = next(p.split("=", 1)[1] for p in path.split("/") if p.startswith(f"{column}="))
-        table = pq.read_table(io.BytesIO(lake.read_file(path)))
-        frame = pl.from_arrow(table)
-        assert isinstance(frame, pl.DataFrame)
-        frames.append(frame.with_columns(pl.lit(dt.date.fromisoformat(value)).alias(column)))
+    frames = [
+        read_partition_file(lake, dataset, path, quarantine=quarantine)
+        for path in dataset_files(lake, dataset, quarantine=quarantine)
+    ]
     if quarantine:
         schema = {c.name: c.type.polars for c in QUARANTINE_COLUMNS}
         schema[column] = pl.Date()

@@ -8,6 +8,7 @@ statements and the two halves of the product cannot drift apart. Nothing here to
 
 from __future__ import annotations
 
+import datetime as dt
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -15,11 +16,13 @@ from stock_pipeline.datasets import (
     DATASETS,
     INGESTED_AT_COLUMN,
     QUARANTINE_COLUMNS,
+    REASON_COLUMN,
     RUN_ID_COLUMN,
     Column,
     ColumnType,
     Dataset,
 )
+from stock_pipeline.market_calendar import EARLIEST_SESSION, sessions_between
 
 __all__ = [
     "BRONZE_LINEAGE",
@@ -33,8 +36,12 @@ __all__ = [
     "create_table_sql",
     "dedup_sql",
     "dim_company_columns",
+    "exchange_sessions",
     "gold_view_sql",
+    "keep_rejects_sql",
     "merge_sql",
+    "rejects_columns",
+    "runs_columns",
     "scd2_merge_sql",
     "silver_columns",
     "silver_table",
@@ -71,6 +78,13 @@ class Tables:
     def name(self, table: str) -> str:
         return ".".join(part for part in (self.catalog, self.schema, table) if part)
 
+    @property
+    def namespace(self) -> str | None:
+        """`catalog.schema` (or the schema alone), the thing CREATE SCHEMA creates."""
+        return (
+            ".".join(part for part in (self.catalog, self.schema) if part) if self.schema else None
+        )
+
 
 def bronze_table(dataset: Dataset | str) -> str:
     """Bronze table name; "quarantine" for the quarantined rows of every dataset."""
@@ -99,6 +113,34 @@ def silver_columns(dataset: Dataset) -> tuple[Column, ...]:
     return (*dataset.table_columns, *SILVER_LINEAGE)
 
 
+def rejects_columns() -> tuple[Column, ...]:
+    """`silver_rejects`: rows of any dataset that broke a check, keyed like the datasets, with
+    every reason and the whole row as JSON."""
+    return (
+        Column("dataset", ColumnType.STRING),
+        Column("symbol", ColumnType.STRING),
+        Column("date", ColumnType.DATE),
+        Column("period", ColumnType.STRING),
+        Column(REASON_COLUMN, ColumnType.STRING),
+        Column("_row", ColumnType.STRING),
+        Column(RUN_ID_COLUMN, ColumnType.STRING),
+        Column(INGESTED_AT_COLUMN, ColumnType.TIMESTAMP),
+        Column(SOURCE_FILE, ColumnType.STRING),
+    )
+
+
+def runs_columns() -> tuple[Column, ...]:
+    """`bronze_runs`: the run manifests (`_runs/<run_id>.json`), the universe as a JSON array."""
+    return (
+        Column("run_id", ColumnType.STRING),
+        Column("status", ColumnType.STRING),
+        Column("started_at", ColumnType.TIMESTAMP),
+        Column("finished_at", ColumnType.TIMESTAMP),
+        Column("symbols", ColumnType.STRING),
+        *BRONZE_LINEAGE[:2],
+    )
+
+
 def dim_company_columns() -> tuple[Column, ...]:
     profile = DATASETS["profile"]
     return (
@@ -119,10 +161,13 @@ def create_table_sql(
     *,
     cluster_by: Sequence[str] = (),
     change_data_feed: bool = False,
+    using: str | None = "DELTA",
 ) -> str:
     """CREATE TABLE IF NOT EXISTS for a Delta table, liquid-clustered on `cluster_by`."""
     body = ",\n  ".join(f"{c.name} {c.type.spark}" for c in columns)
-    sql = f"CREATE TABLE IF NOT EXISTS {table} (\n  {body}\n) USING DELTA"
+    sql = f"CREATE TABLE IF NOT EXISTS {table} (\n  {body}\n)"
+    if using:
+        sql += f" USING {using}"
     if cluster_by:
         sql += f"\nCLUSTER BY ({', '.join(cluster_by)})"
     if change_data_feed:
@@ -180,6 +225,24 @@ def merge_sql(dataset: Dataset, source: str, target: str) -> str:
         f"WHEN MATCHED AND s.{INGESTED_AT_COLUMN} > t.{INGESTED_AT_COLUMN} THEN UPDATE SET {updates}\n"
         f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)}) "
         f"VALUES ({', '.join(f's.{c}' for c in columns)})"
+    )
+
+
+def keep_rejects_sql(dataset: Dataset, rejected: str, target: str) -> str:
+    """Keep rejected rows once: a replayed batch finds them already there."""
+    own = {c.name for c in silver_columns(dataset)} | {"dataset", REASON_COLUMN}
+    row = ", ".join(f"'{c.name}', s.{c.name}" for c in silver_columns(dataset))
+    values = {
+        c.name: f"s.{c.name}" if c.name in own else f"CAST(NULL AS {c.type.spark.upper()})"
+        for c in rejects_columns()
+    }
+    values["_row"] = f"to_json(named_struct({row}))"
+    match = " AND ".join(
+        f"t.{c} <=> s.{c}" for c in (*dataset.key, "dataset", INGESTED_AT_COLUMN, SOURCE_FILE)
+    )
+    return (
+        f"MERGE INTO {target} AS t USING ({rejected}) AS s ON {match}\n"
+        f"WHEN NOT MATCHED THEN INSERT ({', '.join(values)}) VALUES ({', '.join(values.values())})"
     )
 
 
@@ -404,7 +467,7 @@ WITH latest AS (
 ), quarantined AS (
   SELECT dataset, COUNT(*) AS quarantined_rows FROM {tables.name("bronze_quarantine")} GROUP BY dataset
 ), runs AS (
-  SELECT run_id, status, finished_at, size(symbols) AS universe,
+  SELECT run_id, status, finished_at, json_array_length(symbols) AS universe,
     ROW_NUMBER() OVER (ORDER BY run_id DESC) AS _recency
   FROM {tables.name("bronze_runs")}
 )
@@ -416,6 +479,11 @@ FROM latest AS l
 LEFT JOIN gaps AS g ON g.dataset = l.dataset
 LEFT JOIN quarantined AS q ON q.dataset = l.dataset
 LEFT JOIN runs AS r ON r._recency = 1"""
+
+
+def exchange_sessions(until: dt.date, since: dt.date = EARLIEST_SESSION) -> list[tuple[dt.date]]:
+    """Rows of `ref_exchange_sessions`: every NYSE session from `since` (1990) to `until`."""
+    return [(day,) for day in sessions_between(since, until)]
 
 
 #: Gold views in the order they must be created (later ones read earlier ones).

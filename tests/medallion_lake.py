@@ -1,0 +1,192 @@
+"""A lake for the medallion tests, written by the real ingester, and the independent polars
+computations the Gold views are checked against.
+
+Run 1 lands about a year and a half of prices, statements and profiles for two symbols from the
+simulator. Run 2 lands the sessions after it, plus what a real lake also sees: a late correction
+of one price, a stale copy of another that must not win, a company that changed sector, and a row
+that breaks a check.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import datetime as dt
+import math
+from dataclasses import dataclass
+from pathlib import Path
+
+import aiohttp
+import polars as pl
+
+from stock_pipeline.datasets import DATASETS
+from stock_pipeline.fmp import FmpClient, RequestPacer, RetryPolicy
+from stock_pipeline.lake import LocalLake, encode_partition, partition_path, read_dataset
+from stock_pipeline.pipeline import plan_run, run_ingest
+from stock_pipeline.simulator import SimulatorConfig, SimulatorThread
+from tests.support import API_KEY
+
+SYMBOLS = ("AAPL", "MSFT")
+DATASET_NAMES = ("prices", "income_statement", "balance_sheet", "cash_flow", "profile")
+TODAY = dt.date(2025, 7, 31)
+RUN_1 = ("20250725T020000Z-run1", dt.date(2024, 1, 2), dt.date(2025, 7, 24))
+RUN_2 = ("20250731T020000Z-run2", dt.date(2025, 7, 25), dt.date(2025, 7, 30))
+CORRECTION_RUN = "20250731T030000Z-fix"
+CORRECTED_DAY = dt.date(2025, 7, 1)
+CORRECTED_VOLUME = 4242
+STALE_DAY = dt.date(2025, 7, 2)
+NEW_SECTOR = "Utilities"
+BROKEN_DAY = dt.date(2025, 7, 3)
+
+
+@dataclass(frozen=True)
+class MedallionLake:
+    root: Path
+    lake: LocalLake
+    run_1_files: frozenset[str]
+
+
+async def _ingest(url: str, lake: LocalLake, run: tuple[str, dt.date, dt.date]) -> None:
+    run_id, start, end = run
+    plan = plan_run(
+        run_id=run_id, symbols=SYMBOLS, datasets=DATASET_NAMES, start=start, end=end, today=TODAY
+    )
+    started = dt.datetime.strptime(run_id[:16], "%Y%m%dT%H%M%SZ").replace(tzinfo=dt.UTC)
+    async with aiohttp.ClientSession() as session:
+        client = FmpClient(
+            session=session,
+            base_url=url,
+            api_key=API_KEY,
+            pacer=RequestPacer(60_000),
+            retry=RetryPolicy(attempts=2, base_delay=0),
+        )
+        report = await run_ingest(plan, client=client, lake=lake, started_at=started)
+    assert report.status == "ok", report
+
+
+def write_run_1(root: Path) -> MedallionLake:
+    lake = LocalLake(root)
+    with SimulatorThread(SimulatorConfig(api_key=API_KEY, today=TODAY)) as simulator:
+        asyncio.run(_ingest(simulator.url, lake, RUN_1))
+    return MedallionLake(root, lake, frozenset(lake.list_files("")))
+
+
+def write_run_2(lake: MedallionLake) -> None:
+    """The next night, then the corrections that arrive with it."""
+    with SimulatorThread(SimulatorConfig(api_key=API_KEY, today=TODAY)) as simulator:
+        asyncio.run(_ingest(simulator.url, lake.lake, RUN_2))
+    prices = DATASETS["prices"]
+    current = read_dataset(lake.lake, prices)
+    at = dt.datetime(2025, 7, 31, 3, 0, tzinfo=dt.UTC)
+
+    def row(day: dt.date, **changes: object) -> pl.DataFrame:
+        picked = current.filter((pl.col("symbol") == "AAPL") & (pl.col("date") == day))
+        assert picked.height == 1
+        return picked.with_columns(
+            *(pl.lit(v).alias(k) for k, v in changes.items()),
+            pl.lit(CORRECTION_RUN).alias("_run_id"),
+        )
+
+    fixes = {
+        CORRECTED_DAY: row(CORRECTED_DAY, volume=CORRECTED_VOLUME, _ingested_at=at),
+        # A copy from before run 1 (a replayed old file): older than Silver's row, so ignored.
+        STALE_DAY: row(STALE_DAY, volume=1, _ingested_at=at - dt.timedelta(days=400)),
+        BROKEN_DAY: row(BROKEN_DAY, high=1.0, low=2.0, _ingested_at=at),
+    }
+    for day, frame in fixes.items():
+        path = partition_path(prices, day, CORRECTION_RUN)
+        lake.lake.write_file(path, encode_partition(prices, frame))
+    profile = DATASETS["profile"]
+    moved = read_dataset(lake.lake, profile).filter(pl.col("symbol") == "AAPL")
+    moved = moved.with_columns(
+        pl.lit(NEW_SECTOR).alias("sector"),
+        pl.lit(at).alias("_ingested_at"),
+        pl.lit(CORRECTION_RUN).alias("_run_id"),
+    )
+    lake.lake.write_file(
+        partition_path(profile, at.date(), CORRECTION_RUN), encode_partition(profile, moved)
+    )
+
+
+def expected_silver(lake: LocalLake, dataset: str) -> pl.DataFrame:
+    """Silver as the rules define it: rows breaking a check never enter, then the newest
+    `_ingested_at` per key wins (so a broken correction leaves the last good row in place)."""
+    data = DATASETS[dataset]
+    frame = read_dataset(lake, data, latest=False)
+    for check in data.checks:
+        frame = frame.filter(~check.violated().fill_null(False))
+    return (
+        frame.sort("_ingested_at", descending=True, maintain_order=True)
+        .unique(subset=list(data.key), keep="first", maintain_order=True)
+        .sort(list(data.key))
+    )
+
+
+def price_features(prices: pl.DataFrame) -> pl.DataFrame:
+    """Price features computed independently, by symbol, with polars."""
+    close = pl.col("close")
+    diff = close.diff()
+    log_return = (close / close.shift(1)).log()
+    gain = pl.when(diff > 0).then(diff).otherwise(0.0)
+    loss = pl.when(diff < 0).then(-diff).otherwise(0.0)
+    avg_gain, avg_loss = gain.rolling_mean(14), loss.rolling_mean(14)
+    return (
+        prices.sort("symbol", "date")
+        .with_columns(
+            sma_20=close.rolling_mean(20).over("symbol"),
+            sma_200=close.rolling_mean(200).over("symbol"),
+            return_5d=(close / close.shift(5) - 1).over("symbol"),
+            volatility_20d=(log_return.rolling_std(20) * math.sqrt(252)).over("symbol"),
+            rsi_14=(100 - 100 / (1 + avg_gain / avg_loss)).over("symbol"),
+            drawdown=(close / close.cum_max() - 1).over("symbol"),
+            high_52w=pl.col("high").rolling_max(252).over("symbol"),
+        )
+        # The first row of each symbol has no return: RSI's window starts at the second.
+        .with_columns(
+            rsi_14=pl.when(pl.int_range(pl.len()).over("symbol") >= 14).then(pl.col("rsi_14"))
+        )
+    )
+
+
+PRICE_FEATURES = (
+    "sma_20",
+    "sma_200",
+    "return_5d",
+    "volatility_20d",
+    "rsi_14",
+    "drawdown",
+    "high_52w",
+)
+
+
+def quarterly_filings(lake: LocalLake, symbol: str) -> pl.DataFrame:
+    """One row per quarter: diluted EPS and shares, and the New York day it became public."""
+    income = expected_silver(lake, "income_statement").filter(
+        (pl.col("symbol") == symbol) & pl.col("period").is_in(["Q1", "Q2", "Q3", "Q4"])
+    )
+    accepted = [
+        expected_silver(lake, name)
+        .filter(pl.col("symbol") == symbol)
+        .select("date", "period", pl.col("accepted_date").alias(name))
+        for name in ("balance_sheet", "cash_flow")
+    ]
+    for other in accepted:
+        income = income.join(other, on=["date", "period"])
+    public = pl.max_horizontal("accepted_date", "balance_sheet", "cash_flow")
+    return income.sort("date").select(
+        "date",
+        "eps_diluted",
+        "weighted_average_shs_out_dil",
+        public.dt.convert_time_zone("America/New_York").dt.date().alias("public_on"),
+    )
+
+
+def ttm_eps_as_of(filings: pl.DataFrame, day: dt.date) -> float | None:
+    """Trailing EPS on `day`: the four latest quarters usable that day (from the day after each
+    was public), only when they are four consecutive quarters."""
+    usable = filings.filter(pl.col("public_on") < day).sort("date").tail(4)
+    if usable.height < 4:
+        return None
+    span = (usable["date"][-1] - usable["date"][0]).days
+    if not 250 <= span <= 300:
+        return None
+    return float(usable["eps_diluted"].sum())

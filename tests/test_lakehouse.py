@@ -1,0 +1,284 @@
+"""`stock-pipeline lakehouse`: the Databricks tables built in DuckDB from a lake the ingester wrote.
+
+Silver is checked row for row against the rules computed in polars, the Gold features against
+independent polars computations, and every failure path for its message, exit code and for
+leaving the database as it was."""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from pathlib import Path
+
+import duckdb
+import polars as pl
+import pytest
+from typer.testing import CliRunner
+
+from stock_pipeline.cli import app
+from stock_pipeline.datasets import DATASETS
+from stock_pipeline.errors import LakeError, QueryError
+from stock_pipeline.lake import LocalLake, dataset_files
+from stock_pipeline.lakehouse import build_lakehouse, run_query
+from stock_pipeline.medallion import silver_columns
+from tests.medallion_lake import (
+    CORRECTED_DAY,
+    CORRECTED_VOLUME,
+    NEW_SECTOR,
+    PRICE_FEATURES,
+    STALE_DAY,
+    TODAY,
+    MedallionLake,
+    expected_silver,
+    price_features,
+    quarterly_filings,
+    ttm_eps_as_of,
+    write_run_1,
+    write_run_2,
+)
+
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def lakes(tmp_path_factory: pytest.TempPathFactory) -> tuple[MedallionLake, MedallionLake]:
+    """(run 1 only, run 1 + run 2 with corrections), written once for the module."""
+    base = tmp_path_factory.mktemp("lakes")
+    first = write_run_1(base / "one")
+    shutil.copytree(first.root, base / "two")
+    second = MedallionLake(base / "two", LocalLake(base / "two"), first.run_1_files)
+    write_run_2(second)
+    return first, second
+
+
+def copy_lake(lake: MedallionLake, target: Path) -> LocalLake:
+    shutil.copytree(lake.root, target)
+    return LocalLake(target)
+
+
+def table(database: Path, sql: str) -> pl.DataFrame:
+    with duckdb.connect(str(database), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        return con.sql(sql).pl()
+
+
+def silver_frame(database: Path, dataset: str) -> pl.DataFrame:
+    columns = [c.name for c in DATASETS[dataset].table_columns]
+    key = ", ".join(DATASETS[dataset].key)
+    return table(database, f"SELECT {', '.join(columns)} FROM silver_{dataset} ORDER BY {key}")
+
+
+def assert_silver_exact(database: Path, lake: LocalLake) -> None:
+    for name in ("prices", "income_statement", "balance_sheet", "cash_flow"):
+        data = DATASETS[name]
+        expected = expected_silver(lake, name).sort(list(data.key))
+        got = silver_frame(database, name)
+        assert got.height == expected.height > 0, name
+        assert got.equals(expected.select(got.columns)), name
+
+
+def test_builds_silver_and_gold_and_a_second_build_loads_nothing(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    lake = copy_lake(lakes[0], tmp_path / "lake")
+    database = tmp_path / "lakehouse.duckdb"
+    report = build_lakehouse(lake, database, today=TODAY)
+    assert report.datasets["prices"].new_files == len(dataset_files(lake, DATASETS["prices"]))
+    assert report.new_runs == 1
+    assert report.views == ["price_features", "fundamentals_pit", "daily_features", "data_health"]
+    assert_silver_exact(database, lake)
+    before = {n: silver_frame(database, n) for n in ("prices", "cash_flow")}
+
+    again = build_lakehouse(lake, database, today=TODAY)
+    assert all(load.new_files == 0 and load.new_rows == 0 for load in again.datasets.values())
+    assert again.new_runs == 0
+    assert all(silver_frame(database, n).equals(f) for n, f in before.items())
+    bronze = table(database, "SELECT COUNT(*) AS n FROM bronze_prices")["n"][0]
+    assert bronze == report.datasets["prices"].new_rows  # nothing loaded twice
+
+
+def test_incremental_run_applies_the_correction_ignores_the_stale_row_and_keeps_the_reject(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    lake = copy_lake(lakes[0], tmp_path / "lake")
+    database = tmp_path / "lakehouse.duckdb"
+    build_lakehouse(lake, database, today=TODAY)
+    # The second night's files arrive in the same lake; only they are loaded.
+    for path in sorted(set(lakes[1].lake.list_files("")) - lakes[1].run_1_files):
+        lake.write_file(path, lakes[1].lake.read_file(path))
+    report = build_lakehouse(lake, database, today=TODAY)
+    assert 0 < report.datasets["prices"].new_files < 20
+    assert report.datasets["prices"].rejected == 1
+    assert_silver_exact(database, lake)
+
+    prices = silver_frame(database, "prices").filter(pl.col("symbol") == "AAPL")
+    assert prices.filter(pl.col("date") == CORRECTED_DAY)["volume"][0] == CORRECTED_VOLUME
+    assert prices.filter(pl.col("date") == STALE_DAY)["volume"][0] != 1
+    rejects = table(database, "SELECT dataset, symbol, date, _reason, _row FROM silver_rejects")
+    assert rejects.select("dataset", "symbol").rows() == [("prices", "AAPL")]
+    assert rejects["_reason"][0] == "high below low; high below open or close"
+    assert '"high":1.0' in rejects["_row"][0].replace(" ", "")
+
+    history = table(
+        database,
+        "SELECT sector, is_current, valid_to IS NULL AS open FROM dim_company "
+        "WHERE symbol = 'AAPL' ORDER BY valid_from",
+    )
+    assert history["is_current"].to_list() == [False, True]
+    assert history["open"].to_list() == [False, True]
+    assert history["sector"][1] == NEW_SECTOR
+    assert (
+        table(database, "SELECT COUNT(*) AS n FROM dim_company WHERE symbol = 'MSFT'")["n"][0] == 1
+    )
+
+
+def test_gold_price_features_match_polars(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    lake = copy_lake(lakes[1], tmp_path / "lake")
+    database = tmp_path / "lakehouse.duckdb"
+    build_lakehouse(lake, database, today=TODAY)
+    got = table(
+        database,
+        f"SELECT symbol, date, {', '.join(PRICE_FEATURES)} FROM price_features ORDER BY symbol, date",
+    )
+    expected = price_features(expected_silver(lake, "prices")).select(got.columns)
+    assert got.height == expected.height > 252 * 2
+    for name in PRICE_FEATURES:
+        a, b = got[name], expected[name]
+        assert a.is_null().to_list() == b.is_null().to_list(), f"{name}: NULL before enough history"
+        both = pl.DataFrame({"a": a, "b": b}).drop_nulls()
+        assert both.height > 0, name
+        assert ((both["a"] - both["b"]).abs() <= 1e-9 * both["b"].abs().max()).all(), name
+
+
+def test_ttm_eps_and_pe_are_point_in_time(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    lake = copy_lake(lakes[1], tmp_path / "lake")
+    database = tmp_path / "lakehouse.duckdb"
+    build_lakehouse(lake, database, today=TODAY)
+    filings = quarterly_filings(lake, "AAPL")
+    daily = table(
+        database,
+        "SELECT date, close, ttm_eps_diluted, pe_ratio FROM daily_features "
+        "WHERE symbol = 'AAPL' ORDER BY date",
+    )
+    # The last two filings with a full trailing year before them: check the sessions between
+    # them and the session after the second became public.
+    second = filings.filter(pl.col("public_on") < daily["date"].max()).tail(1)
+    first = filings.filter(pl.col("date") < second["date"][0]).tail(1)
+    between = daily.filter(
+        (pl.col("date") > first["public_on"][0]) & (pl.col("date") <= second["public_on"][0])
+    )
+    after = daily.filter(pl.col("date") > second["public_on"][0]).head(1)
+    assert between.height > 20
+    assert after.height == 1
+    checked = 0
+    for day, close, eps, pe in (*between.rows(), *after.rows()):
+        expected = ttm_eps_as_of(filings, day)
+        assert expected is not None
+        assert eps == pytest.approx(expected), day
+        assert pe == pytest.approx(close / expected), day
+        checked += 1
+    # The filing counts from the day after it became public, never on its period end.
+    assert between["ttm_eps_diluted"][-1] != after["ttm_eps_diluted"][0]
+    assert checked == between.height + 1
+
+
+def test_data_health_reports_coverage_gaps_quarantine_and_the_last_run(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    lake = copy_lake(lakes[1], tmp_path / "lake")
+    # A missing session: the file of one day is gone from the lake.
+    missing = next(p for p in dataset_files(lake, DATASETS["prices"]) if "2025-03-03" in p)
+    (lake.root / missing).unlink()
+    database = tmp_path / "lakehouse.duckdb"
+    build_lakehouse(lake, database, today=TODAY)
+    health = table(database, "SELECT * FROM data_health ORDER BY dataset")
+    prices = health.filter(pl.col("dataset") == "prices").row(0, named=True)
+    assert prices["latest_landed"] == dt.date(2025, 7, 30)
+    assert prices["symbols_covered"] == prices["symbols_in_universe"] == 2
+    assert prices["session_gaps"] == 2  # one session, two symbols
+    assert prices["last_run_status"] == "ok"
+    assert prices["last_run_id"] == "20250731T020000Z-run2"
+
+
+def test_a_failed_build_keeps_the_database_and_the_next_build_loads_the_files(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    lake = copy_lake(lakes[0], tmp_path / "lake")
+    database = tmp_path / "lakehouse.duckdb"
+    broken = dataset_files(lake, DATASETS["cash_flow"])[0]
+    good = (lake.root / broken).read_bytes()
+    (lake.root / broken).write_bytes(good[: len(good) // 2])
+    with pytest.raises(LakeError, match=r"raw/cash_flow/.* is not a readable Parquet file"):
+        build_lakehouse(lake, database, today=TODAY)
+    # Nothing of cash_flow went in, and it was not marked as loaded.
+    loaded = table(database, "SELECT path FROM _loaded_files")["path"].to_list()
+    assert not any(p.startswith("raw/cash_flow/") for p in loaded)
+    assert table(database, "SELECT COUNT(*) AS n FROM bronze_cash_flow")["n"][0] == 0
+    (lake.root / broken).write_bytes(good)
+    report = build_lakehouse(lake, database, today=TODAY)
+    assert report.datasets["cash_flow"].new_files == 1
+    assert report.datasets["prices"].new_files == 0
+    assert_silver_exact(database, lake)
+
+
+def test_cli_builds_and_queries(lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path) -> None:
+    copy_lake(lakes[0], tmp_path / "lake")
+    database = tmp_path / "lh.duckdb"
+    result = runner.invoke(
+        app,
+        ["lakehouse", "--lake", str(tmp_path / "lake"), "--database", str(database),
+         "--query", "SELECT COUNT(DISTINCT symbol) AS symbols FROM silver_prices"],
+    )  # fmt: skip
+    assert result.exit_code == 0, result.output
+    assert "silver rows" in result.output
+    assert "symbols" in result.output
+    assert "│ 2 " in result.output
+    assert run_query(database, "SELECT COUNT(*) FROM price_features")[1][0][0] > 0
+
+
+def test_cli_errors_say_what_is_wrong(tmp_path: Path) -> None:
+    result = runner.invoke(app, ["lakehouse", "--lake", str(tmp_path / "nothing")])
+    assert result.exit_code == 2
+    assert "no raw/ folder" in result.output
+    result = runner.invoke(app, ["lakehouse", "--lake", "s3://bucket/lake"])
+    assert result.exit_code == 2
+    assert "not a local folder" in result.output
+
+
+def test_a_bad_query_is_a_usage_error(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    lake = copy_lake(lakes[0], tmp_path / "lake")
+    database = tmp_path / "lakehouse.duckdb"
+    build_lakehouse(lake, database, today=TODAY)
+    with pytest.raises(QueryError, match="no_such_table"):
+        run_query(database, "SELECT * FROM no_such_table")
+    result = runner.invoke(
+        app, ["lakehouse", "--lake", str(lake.root), "--database", str(database),
+              "--query", "SELECT * FROM no_such_table"],
+    )  # fmt: skip
+    assert result.exit_code == 2
+    assert "no_such_table" in result.output
+    assert "silver rows" in result.output  # the build itself was reported first
+
+
+def test_silver_lineage_names_the_source_file(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    lake = copy_lake(lakes[0], tmp_path / "lake")
+    database = tmp_path / "lakehouse.duckdb"
+    build_lakehouse(lake, database, today=TODAY)
+    names = [c.name for c in silver_columns(DATASETS["prices"])]
+    assert "_source_file" in names
+    sources = table(database, "SELECT DISTINCT _source_file FROM silver_prices")["_source_file"]
+    assert all(s.startswith(str(lake.root)) and s.endswith(".parquet") for s in sources)
+    bronze = table(
+        database,
+        "SELECT MIN(_source_modified_at) AS m, COUNT(_rescued_data) AS r FROM bronze_prices",
+    )
+    assert bronze["m"][0] is not None
+    assert bronze["r"][0] == 0
