@@ -27,7 +27,6 @@ from stock_pipeline.lake import (
     RUNS,
     LocalLake,
     dataset_files,
-    read_manifests,
     read_partition_file,
 )
 from stock_pipeline.medallion import (
@@ -56,8 +55,11 @@ __all__ = [
     "DEFAULT_DATABASE",
     "DatasetLoad",
     "LakehouseReport",
+    "bronze_frame",
     "build_lakehouse",
+    "manifest_files",
     "run_query",
+    "runs_frame",
     "to_duckdb",
 ]
 
@@ -145,7 +147,7 @@ def _with_lineage(frame: pl.DataFrame, lake: LocalLake, path: str) -> pl.DataFra
     )
 
 
-def _bronze_frame(
+def bronze_frame(
     lake: LocalLake, dataset: Dataset, paths: Sequence[str], *, quarantine: bool = False
 ) -> pl.DataFrame:
     """New lake files as Bronze rows: typed partition column plus the lineage columns."""
@@ -195,8 +197,8 @@ def _load_dataset(
     quarantined_paths = [
         p for p in dataset_files(lake, dataset, quarantine=True) if p not in loaded
     ]
-    frame = _bronze_frame(lake, dataset, paths)
-    quarantined = _bronze_frame(lake, dataset, quarantined_paths, quarantine=True)
+    frame = bronze_frame(lake, dataset, paths)
+    quarantined = bronze_frame(lake, dataset, quarantined_paths, quarantine=True)
     _run(con, "BEGIN TRANSACTION")
     try:
         rejected = 0
@@ -231,12 +233,11 @@ def _mark_loaded(con: duckdb.DuckDBPyConnection, paths: Sequence[str]) -> None:
         con.executemany(f"INSERT INTO {LOADED_FILES} VALUES (?, ?)", [(p, now) for p in paths])
 
 
-def _load_runs(con: duckdb.DuckDBPyConnection, lake: LocalLake, loaded: set[str]) -> int:
+def runs_frame(lake: LocalLake, paths: Sequence[str]) -> pl.DataFrame:
+    """Run manifests as `bronze_runs` rows, the universe kept as a JSON array."""
     rows = []
-    for manifest in read_manifests(lake):
-        path = f"{RUNS}/{manifest['run_id']}.json"
-        if path in loaded:
-            continue
+    for path in paths:
+        manifest = json.loads(lake.read_file(path))
         rows.append(
             {
                 "run_id": manifest["run_id"],
@@ -248,18 +249,27 @@ def _load_runs(con: duckdb.DuckDBPyConnection, lake: LocalLake, loaded: set[str]
                 SOURCE_MODIFIED_AT: lake.modified_at(path),
             }
         )
-    if not rows:
+    return pl.DataFrame(rows, schema={c.name: c.type.polars for c in runs_columns()})
+
+
+def manifest_files(lake: LocalLake) -> list[str]:
+    return [p for p in lake.list_files(RUNS) if p.endswith(".json")]
+
+
+def _load_runs(con: duckdb.DuckDBPyConnection, lake: LocalLake, loaded: set[str]) -> int:
+    paths = [p for p in manifest_files(lake) if p not in loaded]
+    frame = runs_frame(lake, paths)
+    if not frame.height:
         return 0
-    frame = pl.DataFrame(rows, schema={c.name: c.type.polars for c in runs_columns()})
     _run(con, "BEGIN TRANSACTION")
     try:
         _insert(con, bronze_table("runs"), frame)
-        _mark_loaded(con, [f"{RUNS}/{r['run_id']}.json" for r in rows])
+        _mark_loaded(con, paths)
         _run(con, "COMMIT")
     except BaseException:
         _run(con, "ROLLBACK")
         raise
-    return len(rows)
+    return frame.height
 
 
 def _timestamp(value: object) -> dt.datetime | None:

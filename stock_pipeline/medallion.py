@@ -29,6 +29,7 @@ __all__ = [
     "COMPANY_ATTRIBUTES",
     "GOLD_VIEWS",
     "SILVER_LINEAGE",
+    "SOURCE_IS_NEWER",
     "TRADING_DAYS_PER_YEAR",
     "Tables",
     "bronze_table",
@@ -39,6 +40,7 @@ __all__ = [
     "exchange_sessions",
     "gold_view_sql",
     "keep_rejects_sql",
+    "merge_condition",
     "merge_sql",
     "rejects_columns",
     "runs_columns",
@@ -212,17 +214,25 @@ def check_split_sql(dataset: Dataset, source: str) -> tuple[str, str]:
     return passing, rejected
 
 
+#: The Silver MERGE updates a row only with a newer one: replays and stale copies change nothing.
+SOURCE_IS_NEWER = f"s.{INGESTED_AT_COLUMN} > t.{INGESTED_AT_COLUMN}"
+
+
+def merge_condition(dataset: Dataset) -> str:
+    """The MERGE's join of source `s` and target `t` on the dataset's key."""
+    return " AND ".join(f"t.{k} = s.{k}" for k in dataset.key)
+
+
 def merge_sql(dataset: Dataset, source: str, target: str) -> str:
     """The Silver MERGE: deduplicated source rows update only older target rows; replays change
     nothing, since a replayed row is not newer than the one it already wrote."""
     columns = [c.name for c in silver_columns(dataset)]
-    on = " AND ".join(f"t.{k} = s.{k}" for k in dataset.key)
     updates = ", ".join(f"{c} = s.{c}" for c in columns if c not in dataset.key)
     return (
         f"MERGE INTO {target} AS t\n"
         f"USING (\n{dedup_sql(dataset, source)}\n) AS s\n"
-        f"ON {on}\n"
-        f"WHEN MATCHED AND s.{INGESTED_AT_COLUMN} > t.{INGESTED_AT_COLUMN} THEN UPDATE SET {updates}\n"
+        f"ON {merge_condition(dataset)}\n"
+        f"WHEN MATCHED AND {SOURCE_IS_NEWER} THEN UPDATE SET {updates}\n"
         f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)}) "
         f"VALUES ({', '.join(f's.{c}' for c in columns)})"
     )
@@ -349,8 +359,8 @@ WITH base AS (
 )
 SELECT symbol, date, open, high, low, close, volume, daily_return, log_return,
   return_5d, return_20d, return_60d, sma_20, sma_50, sma_200, volatility_20d, volatility_60d,
-  CASE WHEN _avg_loss_14 = 0 AND _avg_gain_14 = 0 THEN 50.0
-       WHEN _avg_loss_14 = 0 THEN 100.0
+  CASE WHEN _avg_loss_14 = 0 AND _avg_gain_14 = 0 THEN CAST(50 AS DOUBLE)
+       WHEN _avg_loss_14 = 0 THEN CAST(100 AS DOUBLE)
        ELSE 100 - 100 / (1 + _avg_gain_14 / _avg_loss_14) END AS rsi_14,
   high_52w, low_52w, close / high_52w - 1 AS pct_from_52w_high, close / low_52w - 1 AS pct_from_52w_low,
   close / _running_peak - 1 AS drawdown,

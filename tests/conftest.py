@@ -1,7 +1,9 @@
-"""Shared fixtures: the FMP simulator and a moto S3 server on 127.0.0.1, a clean environment."""
+"""Shared fixtures: the FMP simulator and a moto S3 server on 127.0.0.1, a clean environment, and
+lakes the ingester wrote for the medallion tests."""
 
 from __future__ import annotations
 
+import shutil
 import uuid
 from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import AbstractAsyncContextManager, asynccontextmanager
@@ -12,7 +14,9 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from stock_pipeline.lake import LocalLake
 from stock_pipeline.simulator import FmpSimulator, SimulatorConfig, serve
+from tests.medallion_lake import MedallionLake, write_run_1, write_run_2
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
@@ -98,3 +102,15 @@ def fmp_server() -> SimulatorFactory:
             yield url, simulator
 
     return start
+
+
+@pytest.fixture(scope="session")
+def lakes(tmp_path_factory: pytest.TempPathFactory) -> tuple[MedallionLake, MedallionLake]:
+    """(run 1 only, run 1 + run 2 with corrections): lakes the ingester wrote, once per session.
+    Tests copy them before changing anything."""
+    base = tmp_path_factory.mktemp("lakes")
+    first = write_run_1(base / "one")
+    shutil.copytree(first.root, base / "two")
+    second = MedallionLake(base / "two", LocalLake(base / "two"), first.run_1_files)
+    write_run_2(second)
+    return first, second

@@ -33,22 +33,9 @@ from tests.medallion_lake import (
     price_features,
     quarterly_filings,
     ttm_eps_as_of,
-    write_run_1,
-    write_run_2,
 )
 
 runner = CliRunner()
-
-
-@pytest.fixture(scope="module")
-def lakes(tmp_path_factory: pytest.TempPathFactory) -> tuple[MedallionLake, MedallionLake]:
-    """(run 1 only, run 1 + run 2 with corrections), written once for the module."""
-    base = tmp_path_factory.mktemp("lakes")
-    first = write_run_1(base / "one")
-    shutil.copytree(first.root, base / "two")
-    second = MedallionLake(base / "two", LocalLake(base / "two"), first.run_1_files)
-    write_run_2(second)
-    return first, second
 
 
 def copy_lake(lake: MedallionLake, target: Path) -> LocalLake:

@@ -1,0 +1,392 @@
+"""The medallion steps on a Spark session: what the Databricks notebooks run.
+
+The notebooks hold widgets and one call per step; the steps live here so the very same code runs in
+tests on local engines: the per-batch MERGE, the type-2 update and the Gold views on Sail (a Spark
+Connect server with Delta), the streaming wiring on classic local Spark. What an engine lacks is
+named in `Engine`, and Databricks has all of it.
+
+Data flows one way: lake files -> Bronze (append-only, Auto Loader) -> Silver (MERGE per batch)
+-> Gold (views). Every step is safe to rerun: streams keep checkpoints, and the MERGE only writes
+a row that is newer than the one it holds.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import logging
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from stock_pipeline.datasets import (
+    DATASETS,
+    Column,
+    ColumnType,
+    Dataset,
+)
+from stock_pipeline.medallion import (
+    GOLD_VIEWS,
+    RESCUED_DATA,
+    SOURCE_FILE,
+    SOURCE_MODIFIED_AT,
+    Tables,
+    bronze_columns,
+    bronze_table,
+    check_split_sql,
+    create_table_sql,
+    dim_company_columns,
+    exchange_sessions,
+    gold_view_sql,
+    keep_rejects_sql,
+    merge_sql,
+    rejects_columns,
+    runs_columns,
+    scd2_merge_sql,
+    silver_columns,
+    silver_table,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+    from pyspark.sql.streaming.query import StreamingQuery
+
+__all__ = [
+    "DATABRICKS",
+    "BatchCounts",
+    "Engine",
+    "bronze_sources",
+    "build_gold",
+    "create_tables",
+    "maintain_tables",
+    "merge_silver_batch",
+    "run_bronze",
+    "run_silver",
+    "start_bronze_stream",
+    "start_silver_stream",
+]
+
+log = logging.getLogger(__name__)
+
+QUARANTINE = "quarantine"
+RUNS = "runs"
+
+#: Delta keeps removed files for a week, so a bad night can be read back and restored.
+RETENTION_HOURS = 168
+
+
+@dataclass(frozen=True, slots=True)
+class Engine:
+    """What the engine under the notebooks can do; Databricks can do all of it.
+
+    Locally, classic Spark has no Delta and no Auto Loader, and Sail has Delta but no streaming,
+    no liquid clustering and no change data feed, so tests name what to leave out."""
+
+    auto_loader: bool = True
+    table_format: str = "delta"
+    clustering: bool = True
+    change_data_feed: bool = True
+    #: External tables under this folder (engines without a metastore); None: managed tables.
+    location_root: str | None = None
+
+    def create_table(self, table: str, columns: Iterable[Column], *, cluster_by: Iterable[str] = (),
+                     change_data_feed: bool = False) -> str:  # fmt: skip
+        sql = create_table_sql(
+            table,
+            tuple(columns),
+            cluster_by=tuple(cluster_by) if self.clustering else (),
+            change_data_feed=change_data_feed and self.change_data_feed,
+            using=self.table_format,
+        )
+        if self.location_root is not None:
+            sql += f"\nLOCATION '{self.location_root}/{table.replace('.', '/')}'"
+        return sql
+
+
+DATABRICKS = Engine()
+
+
+@dataclass(frozen=True, slots=True)
+class BronzeSource:
+    """One Auto Loader stream: a lake folder into a Bronze table."""
+
+    name: str
+    folder: str
+    table: str
+    columns: tuple[Column, ...]
+    partition: str | None
+    file_format: str
+    dataset: str | None = None
+
+
+def bronze_sources(lake: str) -> list[BronzeSource]:
+    """Every stream Bronze runs: one per dataset, one per dataset's quarantine, one for the runs.
+
+    Each source folder has its own stream and checkpoint (Auto Loader keeps one per location);
+    the quarantined rows of all datasets share one table, told apart by its `dataset` column."""
+    lake = lake.rstrip("/")
+    sources = [
+        BronzeSource(
+            name=d.name,
+            folder=f"{lake}/raw/{d.name}",
+            table=bronze_table(d),
+            columns=d.table_columns,
+            partition=d.partition,
+            file_format="parquet",
+        )
+        for d in DATASETS.values()
+    ]
+    quarantine_columns = bronze_columns(None)
+    file_columns = tuple(
+        c for c in quarantine_columns if c.name not in ("dataset", *_lineage_names())
+    )
+    sources += [
+        BronzeSource(
+            name=f"{QUARANTINE}_{d.name}",
+            folder=f"{lake}/{QUARANTINE}/{d.name}",
+            table=bronze_table(QUARANTINE),
+            columns=file_columns,
+            partition="ingest_date",
+            file_format="parquet",
+            dataset=d.name,
+        )
+        for d in DATASETS.values()
+    ]
+    sources.append(
+        BronzeSource(
+            name=RUNS,
+            folder=f"{lake}/_runs",
+            table=bronze_table(RUNS),
+            columns=tuple(c for c in runs_columns() if c.name not in _lineage_names()),
+            partition=None,
+            file_format="json",
+        )
+    )
+    return sources
+
+
+def _lineage_names() -> tuple[str, ...]:
+    return (SOURCE_FILE, SOURCE_MODIFIED_AT, RESCUED_DATA)
+
+
+def _ddl(columns: Iterable[Column]) -> str:
+    return ", ".join(f"{c.name} {c.type.spark}" for c in columns)
+
+
+def _bronze_table_columns(source: BronzeSource) -> tuple[Column, ...]:
+    if source.name == RUNS:
+        return runs_columns()
+    if source.dataset is not None:
+        return bronze_columns(None)
+    return bronze_columns(DATASETS[source.name])
+
+
+# --- tables -------------------------------------------------------------------------------------
+
+
+def create_tables(spark: SparkSession, tables: Tables, engine: Engine = DATABRICKS) -> list[str]:
+    """Create every Bronze and Silver table that does not exist yet; returns their names.
+
+    The columns and types come from the registry, so a table created here is the table the
+    ingester's files describe. Bronze may gain columns later (schema evolution); Silver may not."""
+    if tables.namespace:
+        spark.sql(f"CREATE SCHEMA IF NOT EXISTS {tables.namespace}")
+    statements: dict[str, str] = {}
+    for source in bronze_sources("unused"):
+        name = tables.name(source.table)
+        statements[name] = engine.create_table(name, _bronze_table_columns(source))
+    for dataset in DATASETS.values():
+        if dataset.kind == "profile":
+            name = tables.name(silver_table(dataset))
+            statements[name] = engine.create_table(
+                name, dim_company_columns(), cluster_by=("symbol",), change_data_feed=True
+            )
+            continue
+        name = tables.name(silver_table(dataset))
+        statements[name] = engine.create_table(
+            name, silver_columns(dataset), cluster_by=dataset.key, change_data_feed=True
+        )
+    name = tables.name("silver_rejects")
+    statements[name] = engine.create_table(name, rejects_columns(), cluster_by=("dataset",))
+    for statement in statements.values():
+        spark.sql(statement)
+    return list(statements)
+
+
+# --- Bronze -------------------------------------------------------------------------------------
+
+
+def _bronze_reader(spark: SparkSession, source: BronzeSource, schema_root: str,
+                   engine: Engine) -> DataFrame:  # fmt: skip
+    from pyspark.sql import functions as F
+
+    schema = _ddl(source.columns)
+    stream = spark.readStream
+    if engine.auto_loader:
+        stream = (
+            stream.format("cloudFiles")
+            .option("cloudFiles.format", source.file_format)
+            .option("cloudFiles.schemaLocation", f"{schema_root}/{source.name}")
+            # Types come from the registry; a column the registry does not know yet is added
+            # to the table (the stream stops once and picks it up when the job retries).
+            .option("cloudFiles.schemaHints", schema)
+            .option("cloudFiles.schemaEvolutionMode", "addNewColumns")
+            .option("cloudFiles.inferColumnTypes", "true")
+        )
+        if source.partition:
+            stream = stream.option("cloudFiles.partitionColumns", source.partition)
+    else:
+        stream = stream.format(source.file_format).schema(schema)
+        if source.file_format == "json":
+            stream = stream.option("multiLine", "true")
+    frame = stream.load(source.folder)
+    if RESCUED_DATA not in frame.columns:
+        frame = frame.withColumn(RESCUED_DATA, F.lit(None).cast("string"))
+    frame = frame.withColumn(SOURCE_FILE, F.col("_metadata.file_path")).withColumn(
+        SOURCE_MODIFIED_AT, F.col("_metadata.file_modification_time")
+    )
+    if source.dataset is not None:
+        frame = frame.withColumn("dataset", F.lit(source.dataset))
+    names = [c.name for c in _bronze_table_columns(source)]
+    extra = [c for c in frame.columns if c not in names]
+    return frame.select(*names, *extra)
+
+
+def start_bronze_stream(spark: SparkSession, source: BronzeSource, tables: Tables,
+                        checkpoint_root: str, engine: Engine = DATABRICKS) -> StreamingQuery:  # fmt: skip
+    """Start one source's stream into its append-only Bronze table, new files only."""
+    return (
+        _bronze_reader(spark, source, f"{checkpoint_root}/schemas", engine)
+        .writeStream.format(engine.table_format)
+        .outputMode("append")
+        .option("checkpointLocation", f"{checkpoint_root}/bronze/{source.name}")
+        .option("mergeSchema", "true")
+        .trigger(availableNow=True)
+        .toTable(tables.name(source.table))
+    )
+
+
+def run_bronze(spark: SparkSession, lake: str, tables: Tables, checkpoint_root: str,
+               engine: Engine = DATABRICKS, *, only: Iterable[str] | None = None) -> list[str]:  # fmt: skip
+    """Load every new lake file into Bronze and wait until all of it is in; returns the sources."""
+    wanted = set(only) if only is not None else None
+    done = []
+    for source in bronze_sources(lake):
+        if wanted is not None and source.name not in wanted:
+            continue
+        if not _folder_exists(spark, source.folder):
+            log.info("bronze %s: %s has no files yet", source.name, source.folder)
+            continue
+        start_bronze_stream(spark, source, tables, checkpoint_root, engine).awaitTermination()
+        done.append(source.name)
+    return done
+
+
+def _folder_exists(spark: SparkSession, folder: str) -> bool:
+    try:
+        spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(folder).limit(1)
+    except Exception as error:  # the engines raise different types for a missing path
+        if "PATH_NOT_FOUND" in str(error) or "does not exist" in str(error):
+            return False
+        raise
+    return True
+
+
+# --- Silver -------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True, slots=True)
+class BatchCounts:
+    rows: int
+    rejected: int
+
+
+def merge_silver_batch(
+    batch: DataFrame, batch_id: int, dataset: Dataset, tables: Tables
+) -> BatchCounts:
+    """The `foreachBatch` body: split off rows that break a check, then MERGE the rest.
+
+    A replayed batch (the same `batch_id` after a failure) changes nothing: the MERGE only writes
+    newer rows, and a rejected row already kept is not kept twice."""
+    spark = batch.sparkSession
+    view = f"_batch_{dataset.name}"
+    batch.createOrReplaceTempView(view)
+    target = tables.name(silver_table(dataset))
+    if dataset.kind == "profile":
+        spark.sql(scd2_merge_sql(view, target))
+        return BatchCounts(rows=batch.count(), rejected=0)
+    passing, rejected = check_split_sql(dataset, view)
+    passing_view = f"{view}_passing"
+    spark.sql(f"CREATE OR REPLACE TEMP VIEW {passing_view} AS {passing}")
+    spark.sql(merge_sql(dataset, passing_view, target))
+    rejected_count = spark.sql(f"SELECT COUNT(*) AS n FROM ({rejected}) AS r").first()
+    count = int(rejected_count["n"]) if rejected_count else 0
+    if count:
+        spark.sql(keep_rejects_sql(dataset, rejected, tables.name("silver_rejects")))
+        log.warning("silver %s batch %s: %d rows broke a check", dataset.name, batch_id, count)
+    return BatchCounts(rows=batch.count(), rejected=count)
+
+
+def start_silver_stream(spark: SparkSession, dataset: Dataset, tables: Tables,
+                        checkpoint_root: str, engine: Engine = DATABRICKS) -> StreamingQuery:  # fmt: skip
+    """Stream Bronze (append-only) into Silver, one MERGE per micro-batch."""
+
+    def merge(batch: DataFrame, batch_id: int) -> None:
+        merge_silver_batch(batch, batch_id, dataset, tables)
+
+    return (
+        spark.readStream.format(engine.table_format)
+        .table(tables.name(bronze_table(dataset)))
+        .writeStream.foreachBatch(merge)
+        .option("checkpointLocation", f"{checkpoint_root}/silver/{dataset.name}")
+        .trigger(availableNow=True)
+        .start()
+    )
+
+
+def run_silver(spark: SparkSession, tables: Tables, checkpoint_root: str,
+               engine: Engine = DATABRICKS) -> list[str]:  # fmt: skip
+    """Merge every new Bronze row into Silver and wait for it; returns the datasets."""
+    for dataset in DATASETS.values():
+        start_silver_stream(spark, dataset, tables, checkpoint_root, engine).awaitTermination()
+    return list(DATASETS)
+
+
+# --- Gold ---------------------------------------------------------------------------------------
+
+
+def build_gold(spark: SparkSession, tables: Tables, engine: Engine = DATABRICKS, *,
+               today: dt.date | None = None) -> list[str]:  # fmt: skip
+    """The exchange calendar table, then every Gold view; returns the view names."""
+    until = (today or dt.date.today()) + dt.timedelta(days=366)
+    sessions = tables.name("ref_exchange_sessions")
+    spark.sql(engine.create_table(sessions, (Column("session", ColumnType.DATE),)))
+    frame = spark.createDataFrame(exchange_sessions(until), "session date")
+    frame.write.format(engine.table_format).mode("overwrite").insertInto(sessions, overwrite=True)
+    for name in GOLD_VIEWS:
+        spark.sql(gold_view_sql(name, tables))
+    return list(GOLD_VIEWS)
+
+
+# --- upkeep -------------------------------------------------------------------------------------
+
+
+def maintenance_sql(tables: Tables, engine: Engine = DATABRICKS) -> list[str]:
+    """OPTIMIZE (liquid clustering), VACUUM keeping a week of time travel, ANALYZE per table."""
+    statements = []
+    names = [tables.name(silver_table(d)) for d in DATASETS.values()]
+    names += [tables.name(s.table) for s in bronze_sources("unused")]
+    for name in dict.fromkeys(names):
+        statements += [
+            f"OPTIMIZE {name}",
+            f"VACUUM {name} RETAIN {RETENTION_HOURS} HOURS",
+            f"ANALYZE TABLE {name} COMPUTE STATISTICS FOR ALL COLUMNS",
+        ]
+    return statements
+
+
+def maintain_tables(spark: SparkSession, tables: Tables, engine: Engine = DATABRICKS,
+                    run: Callable[[str], object] | None = None) -> list[str]:  # fmt: skip
+    statements = maintenance_sql(tables, engine)
+    for statement in statements:
+        (run or spark.sql)(statement)
+    return statements

@@ -1,0 +1,306 @@
+"""The notebooks' Silver and Gold code on a Spark-API engine against real Delta tables.
+
+Sail (a Spark Connect server with Delta) runs the very functions the Databricks notebooks call:
+`create_tables`, the `foreachBatch` body `merge_silver_batch` and `build_gold`, on Delta tables
+built from lakes the ingester wrote. Sail has no streaming, so each micro-batch is handed over the
+way `foreachBatch` hands it: a DataFrame of the new Bronze rows. Delta's history is read back with
+delta-rs, and the Gold views are compared with polars and with the DuckDB lakehouse.
+"""
+
+from __future__ import annotations
+
+import datetime as dt
+import shutil
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING
+
+import duckdb
+import polars as pl
+import pyarrow as pa
+import pytest
+from deltalake import DeltaTable
+
+from stock_pipeline.datasets import DATASETS
+from stock_pipeline.lake import LocalLake, dataset_files
+from stock_pipeline.lakehouse import bronze_frame, build_lakehouse, manifest_files, runs_frame
+from stock_pipeline.medallion import Tables, bronze_table, silver_table
+from stock_pipeline.medallion_spark import Engine, build_gold, create_tables, merge_silver_batch
+from tests.medallion_lake import (
+    CORRECTED_DAY,
+    CORRECTED_VOLUME,
+    NEW_SECTOR,
+    PRICE_FEATURES,
+    TODAY,
+    MedallionLake,
+    expected_silver,
+    price_features,
+    quarterly_filings,
+    ttm_eps_as_of,
+)
+
+if TYPE_CHECKING:
+    from pyspark.sql import DataFrame, SparkSession
+
+pytestmark = pytest.mark.spark
+
+TABLES = Tables(schema="stocks")
+STATEMENTS = ("income_statement", "balance_sheet", "cash_flow")
+
+
+@pytest.fixture(scope="module")
+def spark() -> Iterator[SparkSession]:
+    from pysail.spark import SparkConnectServer
+    from pyspark.sql import SparkSession
+
+    server = SparkConnectServer(ip="127.0.0.1", port=0)
+    server.start(background=True)
+    host, port = server.listening_address
+    session = SparkSession.builder.remote(f"sc://{host}:{port}").getOrCreate()
+    session.conf.set("spark.sql.session.timeZone", "UTC")
+    try:
+        yield session
+    finally:
+        session.stop()
+        server.stop()
+
+
+def spark_frame(spark: SparkSession, frame: pl.DataFrame) -> DataFrame:
+    return spark.createDataFrame(frame.to_arrow())
+
+
+def to_polars(frame: DataFrame) -> pl.DataFrame:
+    table: pa.Table = frame.toArrow()
+    result = pl.from_arrow(table)
+    assert isinstance(result, pl.DataFrame)
+    # Spark hands timestamps back in the session zone without a zone; it is UTC here.
+    return result.with_columns(pl.col(pl.Datetime).dt.replace_time_zone("UTC"))
+
+
+@dataclass
+class Built:
+    lake: LocalLake
+    warehouse: Path
+    prices_after_run_1: pl.DataFrame
+    prices_after_replay: pl.DataFrame
+    rejected_after_replay: int
+
+
+def load_night(spark: SparkSession, lake: LocalLake, paths: set[str], batch_id: int) -> None:
+    """One night through Bronze (what Auto Loader appends) and Silver (one foreachBatch call)."""
+    for dataset in DATASETS.values():
+        files = [p for p in dataset_files(lake, dataset) if p in paths]
+        if not files:
+            continue
+        rows = spark_frame(spark, bronze_frame(lake, dataset, files))
+        rows.write.insertInto(TABLES.name(bronze_table(dataset)))
+        merge_silver_batch(rows, batch_id, dataset, TABLES)
+    runs = runs_frame(lake, [p for p in manifest_files(lake) if p in paths])
+    if runs.height:
+        spark_frame(spark, runs).write.insertInto(TABLES.name(bronze_table("runs")))
+
+
+def silver(spark: SparkSession, dataset: str) -> pl.DataFrame:
+    data = DATASETS[dataset]
+    columns = [c.name for c in data.table_columns]
+    table = spark.table(TABLES.name(silver_table(data))).select(*columns)
+    return to_polars(table).sort(list(data.key))
+
+
+@pytest.fixture(scope="module")
+def built(
+    spark: SparkSession,
+    lakes: tuple[MedallionLake, MedallionLake],
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Built:
+    root = tmp_path_factory.mktemp("sail")
+    shutil.copytree(lakes[1].root, root / "lake")
+    lake = LocalLake(root / "lake")
+    warehouse = root / "warehouse"
+    engine = Engine(clustering=False, change_data_feed=False, location_root=str(warehouse))
+    create_tables(spark, TABLES, engine)
+    run_1 = set(lakes[1].run_1_files)
+    run_2 = set(lake.list_files("")) - run_1
+    load_night(spark, lake, run_1, batch_id=0)
+    after_run_1 = silver(spark, "prices")
+    # The same micro-batch again, as after a failure between MERGE and checkpoint.
+    for dataset in DATASETS.values():
+        files = [p for p in dataset_files(lake, dataset) if p in run_1]
+        if files:
+            merge_silver_batch(
+                spark_frame(spark, bronze_frame(lake, dataset, files)), 0, dataset, TABLES
+            )
+    after_replay = silver(spark, "prices")
+    load_night(spark, lake, run_2, batch_id=1)
+    rejected = spark.table(TABLES.name("silver_rejects")).count()
+    merge_silver_batch(
+        spark_frame(
+            spark,
+            bronze_frame(
+                lake, DATASETS["prices"], sorted(p for p in run_2 if p.startswith("raw/prices/"))
+            ),
+        ),
+        1,
+        DATASETS["prices"],
+        TABLES,
+    )
+    assert spark.table(TABLES.name("silver_rejects")).count() == rejected  # replayed: kept once
+    build_gold(spark, TABLES, engine, today=TODAY)
+    return Built(lake, warehouse, after_run_1, after_replay, rejected)
+
+
+def test_a_replayed_batch_leaves_silver_exact(built: Built) -> None:
+    assert built.prices_after_replay.equals(built.prices_after_run_1)
+    assert built.prices_after_run_1.height > 600
+
+
+@pytest.mark.parametrize("dataset", ["prices", *STATEMENTS])
+def test_silver_on_delta_is_exact_after_corrections(
+    spark: SparkSession, built: Built, dataset: str
+) -> None:
+    expected = expected_silver(built.lake, dataset)
+    got = silver(spark, dataset)
+    assert got.height == expected.height > 0
+    assert got.equals(expected.select(got.columns))
+
+
+def test_the_late_correction_won_and_the_broken_row_was_kept_aside(
+    spark: SparkSession, built: Built
+) -> None:
+    prices = silver(spark, "prices")
+    fixed = prices.filter((pl.col("symbol") == "AAPL") & (pl.col("date") == CORRECTED_DAY))
+    assert fixed["volume"].to_list() == [CORRECTED_VOLUME]
+    assert built.rejected_after_replay == 1
+    rejects = to_polars(spark.table(TABLES.name("silver_rejects")))
+    assert rejects.select("dataset", "symbol", "_reason").rows() == [
+        ("prices", "AAPL", "high below low; high below open or close")
+    ]
+
+
+def test_dim_company_keeps_the_old_sector(spark: SparkSession, built: Built) -> None:
+    history = to_polars(
+        spark.sql(
+            f"SELECT symbol, sector, is_current, valid_from, valid_to "
+            f"FROM {TABLES.name('dim_company')} ORDER BY symbol, valid_from"
+        )
+    )
+    aapl = history.filter(pl.col("symbol") == "AAPL")
+    assert aapl["is_current"].to_list() == [False, True]
+    assert aapl["sector"][1] == NEW_SECTOR
+    assert aapl["sector"][0] != NEW_SECTOR
+    assert aapl["valid_to"][0] == aapl["valid_from"][1]
+    assert history.filter(pl.col("symbol") == "MSFT")["is_current"].to_list() == [True]
+
+
+def test_delta_history_allows_auditing_the_night_before(spark: SparkSession, built: Built) -> None:
+    location = built.warehouse / "stocks" / "silver_prices"
+    history = DeltaTable(str(location)).history()
+    assert [e["operation"] for e in history].count("MERGE") >= 2
+    # Version 1 is Silver after the first night: the row the correction replaced is still there.
+    query = (
+        "SELECT volume FROM delta.`{location}` {travel} "
+        f"WHERE symbol = 'AAPL' AND date = DATE'{CORRECTED_DAY}'"
+    )
+    old = gold(spark, query.format(location=location, travel="VERSION AS OF 1"))
+    now = gold(spark, query.format(location=location, travel=""))
+    assert (
+        old["volume"].to_list()
+        == built.prices_after_run_1.filter(
+            (pl.col("symbol") == "AAPL") & (pl.col("date") == CORRECTED_DAY)
+        )["volume"].to_list()
+    )
+    assert old["volume"].to_list() != [CORRECTED_VOLUME]
+    assert now["volume"].to_list() == [CORRECTED_VOLUME]
+
+
+def gold(spark: SparkSession, sql: str) -> pl.DataFrame:
+    return to_polars(spark.sql(sql))
+
+
+def test_gold_price_features_match_polars(spark: SparkSession, built: Built) -> None:
+    got = gold(
+        spark,
+        f"SELECT symbol, date, {', '.join(PRICE_FEATURES)} "
+        f"FROM {TABLES.name('price_features')} ORDER BY symbol, date",
+    )
+    expected = price_features(expected_silver(built.lake, "prices")).select(got.columns)
+    assert got.height == expected.height > 504
+    for name in PRICE_FEATURES:
+        a, b = got[name].cast(pl.Float64), expected[name]
+        assert a.is_null().to_list() == b.is_null().to_list(), f"{name}: NULL before enough history"
+        both = pl.DataFrame({"a": a, "b": b}).drop_nulls()
+        assert both.height > 0, name
+        assert ((both["a"] - both["b"]).abs() <= 1e-9 * both["b"].abs().max()).all(), name
+
+
+def test_ttm_eps_and_pe_as_known_on_each_date(spark: SparkSession, built: Built) -> None:
+    filings = quarterly_filings(built.lake, "AAPL")
+    daily = gold(
+        spark,
+        f"SELECT date, close, ttm_eps_diluted, pe_ratio FROM {TABLES.name('daily_features')} "
+        f"WHERE symbol = 'AAPL' ORDER BY date",
+    )
+    second = filings.filter(pl.col("public_on") < daily["date"].max()).tail(1)
+    first = filings.filter(pl.col("date") < second["date"][0]).tail(1)
+    between = daily.filter(
+        (pl.col("date") > first["public_on"][0]) & (pl.col("date") <= second["public_on"][0])
+    )
+    after = daily.filter(pl.col("date") > second["public_on"][0]).head(1)
+    assert between.height > 20
+    assert after.height == 1
+    for day, close, eps, pe in (*between.rows(), *after.rows()):
+        expected = ttm_eps_as_of(filings, day)
+        assert expected is not None
+        assert eps == pytest.approx(expected), day
+        assert pe == pytest.approx(close / expected), day
+    assert between["ttm_eps_diluted"][-1] != after["ttm_eps_diluted"][0]
+
+
+@pytest.fixture(scope="module")
+def duckdb_lakehouse(built: Built, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    database = tmp_path_factory.mktemp("duckdb") / "lakehouse.duckdb"
+    build_lakehouse(built.lake, database, today=TODAY)
+    return database
+
+
+@pytest.mark.parametrize(
+    ("view", "order"),
+    [
+        ("price_features", "symbol, date"),
+        ("fundamentals_pit", "symbol, period_end, period"),
+        ("daily_features", "symbol, date"),
+        ("data_health", "dataset"),
+    ],
+)
+def test_gold_is_the_same_on_sail_and_in_the_duckdb_lakehouse(
+    spark: SparkSession, built: Built, duckdb_lakehouse: Path, view: str, order: str
+) -> None:
+    database = duckdb_lakehouse
+    on_sail = gold(spark, f"SELECT * FROM {TABLES.name(view)} ORDER BY {order}")
+    with duckdb.connect(str(database), read_only=True) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        in_duckdb = con.sql(f"SELECT * FROM {view} ORDER BY {order}").pl()
+    assert on_sail.columns == in_duckdb.columns
+    assert on_sail.height == in_duckdb.height > 0
+    for name in on_sail.columns:
+        a, b = on_sail[name], in_duckdb[name]
+        if a.dtype.is_numeric() or a.dtype == pl.Decimal:
+            a, b = a.cast(pl.Float64), b.cast(pl.Float64)
+            assert a.is_null().to_list() == b.is_null().to_list(), name
+            both = pl.DataFrame({"a": a, "b": b}).drop_nulls()
+            assert ((both["a"] - both["b"]).abs() <= 1e-9 * (1 + both["b"].abs())).all(), name
+        elif name.startswith("last_run_finished") or a.dtype == pl.Datetime:
+            assert (
+                a.cast(pl.Datetime("us", "UTC")).to_list()
+                == b.cast(pl.Datetime("us", "UTC")).to_list()
+            ), name
+        else:
+            assert a.to_list() == b.cast(a.dtype).to_list(), name
+
+
+def test_gold_known_from_is_the_new_york_day(spark: SparkSession, built: Built) -> None:
+    pit = gold(spark, f"SELECT known_at, known_from FROM {TABLES.name('fundamentals_pit')}")
+    expected = pit["known_at"].dt.convert_time_zone("America/New_York").dt.date()
+    assert pit["known_from"].to_list() == expected.to_list()
+    assert dt.date(2000, 1, 1) < min(pit["known_from"])
