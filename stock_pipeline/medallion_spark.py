@@ -326,29 +326,50 @@ def merge_silver_batch(
     return BatchCounts(rows=batch.count(), rejected=count)
 
 
-def start_silver_stream(spark: SparkSession, dataset: Dataset, tables: Tables,
-                        checkpoint_root: str, engine: Engine = DATABRICKS) -> StreamingQuery:  # fmt: skip
-    """Stream Bronze (append-only) into Silver, one MERGE per micro-batch."""
+BatchHandler = Callable[["DataFrame", int, Dataset, Tables], object]
 
-    def merge(batch: DataFrame, batch_id: int) -> None:
-        merge_silver_batch(batch, batch_id, dataset, tables)
+
+def start_silver_stream(
+    spark: SparkSession,
+    dataset: Dataset,
+    tables: Tables,
+    checkpoint_root: str,
+    engine: Engine = DATABRICKS,
+    *,
+    on_batch: BatchHandler = merge_silver_batch,
+) -> StreamingQuery:
+    """Stream Bronze (append-only) into Silver: `on_batch` (the MERGE) once per micro-batch."""
+
+    def handle(batch: DataFrame, batch_id: int) -> None:
+        on_batch(batch, batch_id, dataset, tables)
 
     return (
         spark.readStream.format(engine.table_format)
         .table(tables.name(bronze_table(dataset)))
-        .writeStream.foreachBatch(merge)
+        .writeStream.foreachBatch(handle)
         .option("checkpointLocation", f"{checkpoint_root}/silver/{dataset.name}")
         .trigger(availableNow=True)
         .start()
     )
 
 
-def run_silver(spark: SparkSession, tables: Tables, checkpoint_root: str,
-               engine: Engine = DATABRICKS) -> list[str]:  # fmt: skip
+def run_silver(
+    spark: SparkSession,
+    tables: Tables,
+    checkpoint_root: str,
+    engine: Engine = DATABRICKS,
+    *,
+    on_batch: BatchHandler = merge_silver_batch,
+    only: Iterable[str] | None = None,
+) -> list[str]:
     """Merge every new Bronze row into Silver and wait for it; returns the datasets."""
-    for dataset in DATASETS.values():
-        start_silver_stream(spark, dataset, tables, checkpoint_root, engine).awaitTermination()
-    return list(DATASETS)
+    names = list(only) if only is not None else list(DATASETS)
+    for dataset in (DATASETS[name] for name in names):
+        query = start_silver_stream(
+            spark, dataset, tables, checkpoint_root, engine, on_batch=on_batch
+        )
+        query.awaitTermination()
+    return names
 
 
 # --- Gold ---------------------------------------------------------------------------------------
