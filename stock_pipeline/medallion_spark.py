@@ -58,6 +58,7 @@ __all__ = [
     "build_gold",
     "create_tables",
     "maintain_tables",
+    "maintenance_sql",
     "merge_silver_batch",
     "run_bronze",
     "run_silver",
@@ -273,7 +274,7 @@ def run_bronze(spark: SparkSession, lake: str, tables: Tables, checkpoint_root: 
     for source in bronze_sources(lake):
         if wanted is not None and source.name not in wanted:
             continue
-        if not _folder_exists(spark, source.folder):
+        if not _has_files(spark, source.folder):
             log.info("bronze %s: %s has no files yet", source.name, source.folder)
             continue
         start_bronze_stream(spark, source, tables, checkpoint_root, engine).awaitTermination()
@@ -281,14 +282,15 @@ def run_bronze(spark: SparkSession, lake: str, tables: Tables, checkpoint_root: 
     return done
 
 
-def _folder_exists(spark: SparkSession, folder: str) -> bool:
+def _has_files(spark: SparkSession, folder: str) -> bool:
+    """Whether `folder` holds a file yet (a quarantine folder appears only with its first row)."""
     try:
-        spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(folder).limit(1)
-    except Exception as error:  # the engines raise different types for a missing path
+        files = spark.read.format("binaryFile").option("recursiveFileLookup", "true").load(folder)
+        return files.select("path").limit(1).count() > 0
+    except Exception as error:  # classic Spark and Spark Connect raise different types
         if "PATH_NOT_FOUND" in str(error) or "does not exist" in str(error):
             return False
         raise
-    return True
 
 
 # --- Silver -------------------------------------------------------------------------------------
@@ -391,11 +393,13 @@ def build_gold(spark: SparkSession, tables: Tables, engine: Engine = DATABRICKS,
 # --- upkeep -------------------------------------------------------------------------------------
 
 
-def maintenance_sql(tables: Tables, engine: Engine = DATABRICKS) -> list[str]:
-    """OPTIMIZE (liquid clustering), VACUUM keeping a week of time travel, ANALYZE per table."""
+def maintenance_sql(tables: Tables) -> list[str]:
+    """Per table: OPTIMIZE (liquid clustering on the keys), VACUUM keeping a week of time
+    travel, and ANALYZE for the optimizer's statistics."""
+    names = [tables.name(source.table) for source in bronze_sources("unused")]
+    names += [tables.name(silver_table(d)) for d in DATASETS.values()]
+    names.append(tables.name("silver_rejects"))
     statements = []
-    names = [tables.name(silver_table(d)) for d in DATASETS.values()]
-    names += [tables.name(s.table) for s in bronze_sources("unused")]
     for name in dict.fromkeys(names):
         statements += [
             f"OPTIMIZE {name}",
@@ -405,9 +409,9 @@ def maintenance_sql(tables: Tables, engine: Engine = DATABRICKS) -> list[str]:
     return statements
 
 
-def maintain_tables(spark: SparkSession, tables: Tables, engine: Engine = DATABRICKS,
-                    run: Callable[[str], object] | None = None) -> list[str]:  # fmt: skip
-    statements = maintenance_sql(tables, engine)
+def maintain_tables(spark: SparkSession, tables: Tables) -> list[str]:
+    """Run `maintenance_sql`; returns the statements run."""
+    statements = maintenance_sql(tables)
     for statement in statements:
-        (run or spark.sql)(statement)
+        spark.sql(statement)
     return statements

@@ -1,0 +1,170 @@
+"""Static checks of the Databricks notebooks and bundle: they parse, their SQL is Databricks SQL,
+the bundle's jobs are valid job specs, widgets and parameters match, and every table and function
+they name comes from the package (so the two halves cannot drift)."""
+
+from __future__ import annotations
+
+import ast
+import importlib
+import re
+from pathlib import Path
+from typing import Any
+
+import pytest
+import sqlglot
+import yaml
+from databricks.bundles.jobs import Job
+from sqlglot import exp
+
+from stock_pipeline.datasets import DATASETS
+from stock_pipeline.medallion import GOLD_VIEWS, Tables, silver_table
+from stock_pipeline.medallion_spark import bronze_sources, maintenance_sql
+from tests.support import REPO
+
+BUNDLE_ROOT = REPO / "databricks"
+NOTEBOOKS = sorted((BUNDLE_ROOT / "notebooks").glob("*.py"))
+BUNDLE: dict[str, Any] = yaml.safe_load((BUNDLE_ROOT / "databricks.yml").read_text())
+CELL = "\n# COMMAND ----------\n"
+#: Top-level and per-target keys a bundle may have (Databricks' bundle configuration reference).
+BUNDLE_KEYS = {
+    "bundle", "variables", "artifacts", "resources", "targets", "include", "workspace", "sync",
+    "permissions", "presets", "run_as", "experimental", "scripts",
+}  # fmt: skip
+TARGET_KEYS = {
+    "mode", "default", "variables", "run_as", "workspace", "presets", "resources", "artifacts",
+    "sync", "permissions", "bundle", "git", "cluster_id",
+}  # fmt: skip
+#: Every table the notebooks can name: what create_tables and build_gold make.
+KNOWN_TABLES = (
+    {s.table for s in bronze_sources("unused")}
+    | {silver_table(d) for d in DATASETS.values()}
+    | {"silver_rejects", "ref_exchange_sessions", *GOLD_VIEWS}
+)
+
+
+def cells(notebook: Path) -> list[str]:
+    text = notebook.read_text()
+    assert text.startswith("# Databricks notebook source\n"), notebook.name
+    return text.split(CELL)
+
+
+def sql_cells(notebook: Path) -> list[str]:
+    found = []
+    for cell in cells(notebook):
+        lines = [
+            line.removeprefix("# MAGIC").removeprefix(" ") for line in cell.strip().splitlines()
+        ]
+        if lines and lines[0] == "%sql":
+            found.append("\n".join(lines[1:]))
+    return found
+
+
+def widgets(notebook: Path) -> set[str]:
+    return set(re.findall(r'dbutils\.widgets\.text\("(\w+)"', notebook.read_text()))
+
+
+def tasks() -> list[dict[str, Any]]:
+    return [task for job in BUNDLE["resources"]["jobs"].values() for task in job["tasks"]]
+
+
+def test_there_is_a_notebook_per_layer_and_for_upkeep() -> None:
+    assert [n.stem for n in NOTEBOOKS] == ["bronze", "gold", "maintenance", "silver"]
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda n: n.stem)
+def test_notebook_parses_as_python_and_imports_what_the_package_has(notebook: Path) -> None:
+    tree = ast.parse(notebook.read_text())
+    imported = [node for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)]
+    assert imported
+    for node in imported:
+        assert node.module is not None
+        assert node.module.startswith("stock_pipeline"), node.module
+        module = importlib.import_module(node.module)
+        for alias in node.names:
+            assert hasattr(module, alias.name), f"{node.module}.{alias.name}"
+    assert len(cells(notebook)) >= 3
+
+
+@pytest.mark.parametrize("notebook", NOTEBOOKS, ids=lambda n: n.stem)
+def test_sql_cells_parse_as_databricks_sql_and_name_registry_tables(notebook: Path) -> None:
+    for sql in sql_cells(notebook):
+        statement = sqlglot.parse_one(sql, read="databricks")
+        assert not isinstance(statement, exp.Command), sql
+        named = set(re.findall(r"'\.(\w+)'\)", sql))
+        assert named, sql
+        assert named <= KNOWN_TABLES, named - KNOWN_TABLES
+
+
+def test_maintenance_statements_cover_every_table() -> None:
+    statements = maintenance_sql(Tables("main", "stocks"))
+    analyze = [s for s in statements if s.startswith("ANALYZE")]
+    for statement in analyze:
+        assert isinstance(sqlglot.parse_one(statement, read="databricks"), exp.Analyze)
+    # sqlglot keeps OPTIMIZE and VACUUM as opaque commands; check what they name instead.
+    named = {
+        re.match(r"(?:OPTIMIZE|VACUUM|ANALYZE TABLE) (\S+)", s)[1].split(".")[-1]  # type: ignore[index]
+        for s in statements
+    }
+    expected = {s.table for s in bronze_sources("unused")} | {
+        silver_table(d) for d in DATASETS.values()
+    }
+    assert named == expected | {"silver_rejects"}
+    assert all("RETAIN 168 HOURS" in s for s in statements if s.startswith("VACUUM"))
+
+
+def test_every_notebook_task_passes_exactly_the_notebooks_widgets() -> None:
+    by_path = {f"./notebooks/{n.name}": widgets(n) for n in NOTEBOOKS}
+    run = set()
+    for task in tasks():
+        path = task["notebook_task"]["notebook_path"]
+        assert path in by_path, path
+        assert set(task["notebook_task"]["base_parameters"]) == by_path[path], path
+        run.add(path)
+    assert run == set(by_path)
+
+
+def test_medallion_job_runs_bronze_then_silver_then_gold() -> None:
+    job = BUNDLE["resources"]["jobs"]["medallion"]
+    order = {t["task_key"]: [d["task_key"] for d in t.get("depends_on", [])] for t in job["tasks"]}
+    assert order == {"bronze": [], "silver": ["bronze"], "gold": ["silver"]}
+    # Triggered by the manifest, which the ingester writes after all of a run's files.
+    assert job["trigger"]["file_arrival"]["url"] == "${var.lake}/_runs/"
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLE["resources"]["jobs"]))
+def test_bundle_jobs_are_valid_job_specs(name: str) -> None:
+    spec = BUNDLE["resources"]["jobs"][name]
+    job = Job.from_dict(spec)  # raises on a field jobs do not have
+    assert job.as_dict()["tasks"]
+    for task in spec["tasks"]:
+        assert task["libraries"] == [{"whl": "../dist/*.whl"}]
+
+
+def test_bundle_structure_and_variables() -> None:
+    assert set(BUNDLE) <= BUNDLE_KEYS
+    assert BUNDLE["bundle"]["name"] == "stock_pipeline"
+    assert set(BUNDLE["targets"]) == {"dev", "prod"}
+    for target in BUNDLE["targets"].values():
+        assert set(target) <= TARGET_KEYS
+        assert set(target.get("variables", {})) <= set(BUNDLE["variables"])
+    assert BUNDLE["targets"]["dev"]["mode"] == "development"
+    assert BUNDLE["targets"]["prod"]["mode"] == "production"
+    declared = set(BUNDLE["variables"])
+    used = set(re.findall(r"\$\{var\.(\w+)\}", (BUNDLE_ROOT / "databricks.yml").read_text()))
+    assert used <= declared, used - declared
+    assert all("description" in v for v in BUNDLE["variables"].values())
+    artifact = BUNDLE["artifacts"]["stock_pipeline_wheel"]
+    assert (BUNDLE_ROOT / artifact["path"] / "pyproject.toml").exists()
+    assert "--wheel-dir dist" in artifact["build"]
+
+
+def test_setup_guide_names_every_variable_and_command() -> None:
+    guide = (BUNDLE_ROOT / "DATABRICKS_SETUP.md").read_text()
+    for variable in BUNDLE["variables"]:
+        assert f"`{variable}`" in guide, variable
+    for command in (
+        "databricks bundle validate",
+        "databricks bundle deploy",
+        "databricks bundle run",
+    ):
+        assert command in guide
