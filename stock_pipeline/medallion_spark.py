@@ -237,8 +237,8 @@ def _bronze_reader(spark: SparkSession, source: BronzeSource, schema_root: str,
             stream = stream.option("cloudFiles.partitionColumns", source.partition)
     else:
         stream = stream.format(source.file_format).schema(schema)
-        if source.file_format == "json":
-            stream = stream.option("multiLine", "true")
+    if source.file_format == "json":
+        stream = stream.option("multiLine", "true")  # a manifest is one indented JSON object
     frame = stream.load(source.folder)
     if RESCUED_DATA not in frame.columns:
         frame = frame.withColumn(RESCUED_DATA, F.lit(None).cast("string"))
