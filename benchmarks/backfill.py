@@ -46,6 +46,11 @@ def main() -> None:
     parser.add_argument("--server-limit", type=int, default=None, help="simulator requests/minute")
     parser.add_argument("--concurrency", type=int, default=16)
     parser.add_argument("--output", type=Path, help="write the figures here as JSON")
+    parser.add_argument(
+        "--keep-lake",
+        type=Path,
+        help="land the lake here and keep it (default: a temporary folder)",
+    )
     args = parser.parse_args()
 
     port = free_port()
@@ -59,7 +64,7 @@ def main() -> None:
         with tempfile.TemporaryDirectory() as scratch:
             tickers = Path(scratch) / "tickers.csv"
             tickers.write_text("symbol\n" + "".join(f"S{i:04d}\n" for i in range(args.tickers)))
-            lake = Path(scratch) / "lake"
+            lake = args.keep_lake or Path(scratch) / "lake"
             cmd = [
                 sys.executable, "-m", "stock_pipeline", "ingest",
                 "--tickers-path", str(tickers), "--lake", str(lake),
