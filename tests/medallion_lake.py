@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -22,7 +23,7 @@ from stock_pipeline.datasets import DATASETS
 from stock_pipeline.fmp import FmpClient, RequestPacer, RetryPolicy
 from stock_pipeline.lake import LocalLake, encode_partition, partition_path, read_dataset
 from stock_pipeline.pipeline import plan_run, run_ingest
-from stock_pipeline.simulator import SimulatorConfig, SimulatorThread
+from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
 from tests.support import API_KEY
 
 SYMBOLS = ("AAPL", "MSFT")
@@ -43,6 +44,15 @@ class MedallionLake:
     root: Path
     lake: LocalLake
     run_1_files: frozenset[str]
+
+
+def ingest_night(
+    lake: LocalLake, run: tuple[str, dt.date, dt.date], faults: Mapping[str, tuple[Fault, ...]]
+) -> None:
+    """One more real ingest run into `lake`, against a simulator with `faults`."""
+    config = SimulatorConfig(api_key=API_KEY, today=TODAY, faults=faults)
+    with SimulatorThread(config) as simulator:
+        asyncio.run(_ingest(simulator.url, lake, run))
 
 
 async def _ingest(url: str, lake: LocalLake, run: tuple[str, dt.date, dt.date]) -> None:

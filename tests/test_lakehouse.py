@@ -18,9 +18,10 @@ from typer.testing import CliRunner
 from stock_pipeline.cli import app
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.errors import LakeError, QueryError
-from stock_pipeline.lake import LocalLake, dataset_files
+from stock_pipeline.lake import LocalLake, dataset_files, read_dataset
 from stock_pipeline.lakehouse import build_lakehouse, run_query
 from stock_pipeline.medallion import silver_columns
+from stock_pipeline.simulator import Fault
 from tests.medallion_lake import (
     CORRECTED_DAY,
     CORRECTED_VOLUME,
@@ -30,6 +31,7 @@ from tests.medallion_lake import (
     TODAY,
     MedallionLake,
     expected_silver,
+    ingest_night,
     price_features,
     quarterly_filings,
     ttm_eps_as_of,
@@ -189,6 +191,30 @@ def test_data_health_reports_coverage_gaps_quarantine_and_the_last_run(
     assert prices["session_gaps"] == 2  # one session, two symbols
     assert prices["last_run_status"] == "ok"
     assert prices["last_run_id"] == "20250731T020000Z-run2"
+
+
+def test_quarantined_rows_are_loaded_into_their_own_table_and_counted(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    lake = copy_lake(lakes[0], tmp_path / "lake")
+    night = ("20250731T020000Z-bad", dt.date(2025, 7, 25), dt.date(2025, 7, 30))
+    ingest_night(lake, night, faults={"MSFT": (Fault(kind="bad_rows"),)})
+    quarantined = read_dataset(lake, DATASETS["prices"], quarantine=True)
+    assert quarantined.height > 0
+    database = tmp_path / "lakehouse.duckdb"
+    report = build_lakehouse(lake, database, today=TODAY)
+    assert report.datasets["prices"].quarantined == quarantined.height
+    bronze = table(
+        database,
+        "SELECT dataset, symbol, _reason, _raw, ingest_date, _source_file FROM bronze_quarantine",
+    )
+    assert bronze.height == quarantined.height
+    assert set(bronze["dataset"]) == {"prices"}
+    assert set(bronze["symbol"]) == {"MSFT"}
+    assert sorted(bronze["_reason"]) == sorted(quarantined["_reason"])
+    assert all("/quarantine/prices/ingest_date=" in f for f in bronze["_source_file"])
+    health = table(database, "SELECT quarantined_rows FROM data_health WHERE dataset = 'prices'")
+    assert health["quarantined_rows"][0] == quarantined.height
 
 
 def test_a_failed_build_keeps_the_database_and_the_next_build_loads_the_files(
