@@ -178,12 +178,12 @@ def _insert(con: duckdb.DuckDBPyConnection, table: str, frame: pl.DataFrame) -> 
 def _merge_new_rows(con: duckdb.DuckDBPyConnection, dataset: Dataset, batch: str) -> int:
     """The Silver step on the new Bronze rows; returns how many broke a check."""
     target = silver_table(dataset)
-    if dataset.kind == "profile":
-        _run(con, to_duckdb(scd2_merge_sql(batch, target)))
-        return 0
     passing, rejected = check_split_sql(dataset, batch)
     _run(con, f"CREATE OR REPLACE TEMP VIEW _passing AS {to_duckdb(passing)}")
-    _run(con, to_duckdb(merge_sql(dataset, "_passing", target)))
+    if dataset.kind == "profile":
+        _run(con, to_duckdb(scd2_merge_sql("_passing", target)))
+    else:
+        _run(con, to_duckdb(merge_sql(dataset, "_passing", target)))
     count = _count(con, f"SELECT COUNT(*) FROM ({to_duckdb(rejected)})")
     if count:
         _run(con, to_duckdb(keep_rejects_sql(dataset, rejected, "silver_rejects")))

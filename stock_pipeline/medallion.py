@@ -9,6 +9,7 @@ statements and the two halves of the product cannot drift apart. Nothing here to
 from __future__ import annotations
 
 import datetime as dt
+import re
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -78,14 +79,20 @@ class Tables:
     schema: str | None = None
 
     def name(self, table: str) -> str:
-        return ".".join(part for part in (self.catalog, self.schema, table) if part)
+        return ".".join(_quoted(part) for part in (self.catalog, self.schema, table) if part)
 
     @property
     def namespace(self) -> str | None:
         """`catalog.schema` (or the schema alone), the thing CREATE SCHEMA creates."""
-        return (
-            ".".join(part for part in (self.catalog, self.schema) if part) if self.schema else None
-        )
+        parts = (self.catalog, self.schema)
+        return ".".join(_quoted(p) for p in parts if p) if self.schema else None
+
+
+def _quoted(name: str) -> str:
+    """A name as SQL needs it: as it is when it is a plain identifier, else in backticks."""
+    if re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", name):
+        return name
+    return "`" + name.replace("`", "``") + "`"
 
 
 def bronze_table(dataset: Dataset | str) -> str:
@@ -417,29 +424,32 @@ FROM complete"""
 
 def daily_features_sql(tables: Tables) -> str:
     """Prices joined with the fundamentals known on each date: a filing counts from the day after
-    it was accepted (acceptance is often after the close), until the next filing counts."""
+    it was accepted (acceptance is often after the close). Of the filings known on a date, the one
+    for the latest period counts, so a late filing for an older quarter never replaces it."""
     return f"""CREATE OR REPLACE VIEW {tables.name("daily_features")} AS
 WITH pit AS (
-  SELECT *,
-    DATE_ADD(known_from, 1) AS usable_from,
-    LEAD(DATE_ADD(known_from, 1)) OVER (PARTITION BY symbol ORDER BY known_from, period_end)
-      AS usable_until
-  FROM {tables.name("fundamentals_pit")}
+  SELECT *, DATE_ADD(known_from, 1) AS usable_from FROM {tables.name("fundamentals_pit")}
+), matched AS (
+  SELECT p.symbol, p.date, p.close, p.volume,
+    f.period_end, f.known_from, f.ttm_revenue, f.ttm_net_income, f.ttm_eps_diluted,
+    f.ttm_free_cash_flow, f.diluted_shares, f.total_stockholders_equity,
+    ROW_NUMBER() OVER (PARTITION BY p.symbol, p.date ORDER BY f.period_end DESC, f.known_at DESC)
+      AS _latest
+  FROM {tables.name("silver_prices")} AS p
+  LEFT JOIN pit AS f ON f.symbol = p.symbol AND f.usable_from <= p.date
 )
-SELECT p.symbol, p.date, p.close, p.volume,
-  f.period_end AS fundamentals_period_end, f.known_from AS fundamentals_known_from,
-  f.ttm_revenue, f.ttm_net_income, f.ttm_eps_diluted, f.ttm_free_cash_flow,
-  p.close * f.diluted_shares AS market_cap,
-  CASE WHEN f.ttm_eps_diluted > 0 THEN p.close / f.ttm_eps_diluted END AS pe_ratio,
-  CASE WHEN f.ttm_revenue > 0 THEN p.close * f.diluted_shares / f.ttm_revenue END AS ps_ratio,
-  CASE WHEN f.total_stockholders_equity > 0
-    THEN p.close * f.diluted_shares / f.total_stockholders_equity END AS pb_ratio,
-  CASE WHEN p.close * f.diluted_shares > 0
-    THEN f.ttm_free_cash_flow / (p.close * f.diluted_shares) END AS fcf_yield
-FROM {tables.name("silver_prices")} AS p
-LEFT JOIN pit AS f
-  ON f.symbol = p.symbol AND p.date >= f.usable_from
-  AND (f.usable_until IS NULL OR p.date < f.usable_until)"""
+SELECT symbol, date, close, volume,
+  period_end AS fundamentals_period_end, known_from AS fundamentals_known_from,
+  ttm_revenue, ttm_net_income, ttm_eps_diluted, ttm_free_cash_flow,
+  close * diluted_shares AS market_cap,
+  CASE WHEN ttm_eps_diluted > 0 THEN close / ttm_eps_diluted END AS pe_ratio,
+  CASE WHEN ttm_revenue > 0 THEN close * diluted_shares / ttm_revenue END AS ps_ratio,
+  CASE WHEN total_stockholders_equity > 0
+    THEN close * diluted_shares / total_stockholders_equity END AS pb_ratio,
+  CASE WHEN close * diluted_shares > 0
+    THEN ttm_free_cash_flow / (close * diluted_shares) END AS fcf_yield
+FROM matched
+WHERE _latest = 1"""
 
 
 def data_health_sql(tables: Tables) -> str:

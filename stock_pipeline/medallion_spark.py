@@ -117,6 +117,9 @@ class BronzeSource:
     partition: str | None
     file_format: str
     dataset: str | None = None
+    #: Infer and evolve the schema (data files); False reads the fixed registry columns and
+    #: keeps every other field in `_rescued_data` (the manifests, whose keys vary by run).
+    evolve: bool = True
 
 
 def bronze_sources(lake: str) -> list[BronzeSource]:
@@ -160,6 +163,7 @@ def bronze_sources(lake: str) -> list[BronzeSource]:
             columns=tuple(c for c in runs_columns() if c.name not in _lineage_names()),
             partition=None,
             file_format="json",
+            evolve=False,
         )
     )
     return sources
@@ -222,13 +226,20 @@ def _bronze_reader(spark: SparkSession, source: BronzeSource, schema_root: str,
 
     schema = _ddl(source.columns)
     stream = spark.readStream
-    if engine.auto_loader:
+    if engine.auto_loader and not source.evolve:
+        stream = (
+            stream.format("cloudFiles")
+            .option("cloudFiles.format", source.file_format)
+            .schema(schema)
+            .option("rescuedDataColumn", RESCUED_DATA)
+        )
+    elif engine.auto_loader:
         stream = (
             stream.format("cloudFiles")
             .option("cloudFiles.format", source.file_format)
             .option("cloudFiles.schemaLocation", f"{schema_root}/{source.name}")
             # Types come from the registry; a column the registry does not know yet is added
-            # to the table (the stream stops once and picks it up when the job retries).
+            # to the table (the stream stops once, and run_bronze restarts it with the column).
             .option("cloudFiles.schemaHints", schema)
             .option("cloudFiles.schemaEvolutionMode", "addNewColumns")
             .option("cloudFiles.inferColumnTypes", "true")
@@ -266,18 +277,46 @@ def start_bronze_stream(spark: SparkSession, source: BronzeSource, tables: Table
     )
 
 
-def run_bronze(spark: SparkSession, lake: str, tables: Tables, checkpoint_root: str,
-               engine: Engine = DATABRICKS, *, only: Iterable[str] | None = None) -> list[str]:  # fmt: skip
-    """Load every new lake file into Bronze and wait until all of it is in; returns the sources."""
+#: How often one source's stream may stop for a new column before the run gives up.
+SCHEMA_CHANGES_PER_RUN = 5
+
+
+def run_bronze(
+    spark: SparkSession,
+    lake: str,
+    tables: Tables,
+    checkpoint_root: str,
+    engine: Engine = DATABRICKS,
+    *,
+    only: Iterable[str] | None = None,
+    has_files: Callable[[str], bool] | None = None,
+) -> list[str]:
+    """Load every new lake file into Bronze and wait until all of it is in; returns the sources.
+
+    `has_files(folder)` says whether a folder holds files yet (a quarantine folder appears with
+    its first row); the notebook passes one built on `dbutils.fs.ls`, which lists one level only.
+    """
     wanted = set(only) if only is not None else None
+    check = has_files or (lambda folder: _has_files(spark, folder))
     done = []
     for source in bronze_sources(lake):
         if wanted is not None and source.name not in wanted:
             continue
-        if not _has_files(spark, source.folder):
+        if not check(source.folder):
             log.info("bronze %s: %s has no files yet", source.name, source.folder)
             continue
-        start_bronze_stream(spark, source, tables, checkpoint_root, engine).awaitTermination()
+        for attempt in range(SCHEMA_CHANGES_PER_RUN + 1):
+            try:
+                start_bronze_stream(
+                    spark, source, tables, checkpoint_root, engine
+                ).awaitTermination()
+                break
+            except Exception as error:
+                # Auto Loader stops a stream when files bring a new column, after recording it
+                # in the schema location; started again, it loads them with the column.
+                if "UNKNOWN_FIELD_EXCEPTION" not in str(error) or attempt == SCHEMA_CHANGES_PER_RUN:
+                    raise
+                log.warning("bronze %s: new columns, restarting the stream", source.name)
         done.append(source.name)
     return done
 
@@ -313,13 +352,13 @@ def merge_silver_batch(
     view = f"_batch_{dataset.name}"
     batch.createOrReplaceTempView(view)
     target = tables.name(silver_table(dataset))
-    if dataset.kind == "profile":
-        spark.sql(scd2_merge_sql(view, target))
-        return BatchCounts(rows=batch.count(), rejected=0)
     passing, rejected = check_split_sql(dataset, view)
     passing_view = f"{view}_passing"
     spark.sql(f"CREATE OR REPLACE TEMP VIEW {passing_view} AS {passing}")
-    spark.sql(merge_sql(dataset, passing_view, target))
+    if dataset.kind == "profile":
+        spark.sql(scd2_merge_sql(passing_view, target))
+    else:
+        spark.sql(merge_sql(dataset, passing_view, target))
     rejected_count = spark.sql(f"SELECT COUNT(*) AS n FROM ({rejected}) AS r").first()
     count = int(rejected_count["n"]) if rejected_count else 0
     if count:
@@ -394,17 +433,23 @@ def build_gold(spark: SparkSession, tables: Tables, engine: Engine = DATABRICKS,
 
 
 def maintenance_sql(tables: Tables) -> list[str]:
-    """Per table: OPTIMIZE (liquid clustering on the keys), VACUUM keeping a week of time
-    travel, and ANALYZE for the optimizer's statistics."""
-    names = [tables.name(source.table) for source in bronze_sources("unused")]
-    names += [tables.name(silver_table(d)) for d in DATASETS.values()]
-    names.append(tables.name("silver_rejects"))
+    """Per table: OPTIMIZE (compacts small files; reclusters Silver on its key), VACUUM keeping
+    a week of time travel, and ANALYZE of the registry's columns for the optimizer (only those:
+    a column Bronze gained later may be nested, which ANALYZE refuses)."""
+    columns: dict[str, tuple[Column, ...]] = {}
+    for source in bronze_sources("unused"):
+        columns[tables.name(source.table)] = _bronze_table_columns(source)
+    for dataset in DATASETS.values():
+        silver = dim_company_columns() if dataset.kind == "profile" else silver_columns(dataset)
+        columns[tables.name(silver_table(dataset))] = silver
+    columns[tables.name("silver_rejects")] = rejects_columns()
     statements = []
-    for name in dict.fromkeys(names):
+    for name, table_columns in columns.items():
         statements += [
             f"OPTIMIZE {name}",
             f"VACUUM {name} RETAIN {RETENTION_HOURS} HOURS",
-            f"ANALYZE TABLE {name} COMPUTE STATISTICS FOR ALL COLUMNS",
+            f"ANALYZE TABLE {name} COMPUTE STATISTICS FOR COLUMNS "
+            + ", ".join(c.name for c in table_columns),
         ]
     return statements
 

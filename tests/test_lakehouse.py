@@ -18,7 +18,13 @@ from typer.testing import CliRunner
 from stock_pipeline.cli import app
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.errors import LakeError, QueryError
-from stock_pipeline.lake import LocalLake, dataset_files, read_dataset
+from stock_pipeline.lake import (
+    LocalLake,
+    dataset_files,
+    encode_partition,
+    partition_path,
+    read_dataset,
+)
 from stock_pipeline.lakehouse import build_lakehouse, run_query
 from stock_pipeline.medallion import silver_columns
 from stock_pipeline.simulator import Fault
@@ -215,6 +221,37 @@ def test_quarantined_rows_are_loaded_into_their_own_table_and_counted(
     assert all("/quarantine/prices/ingest_date=" in f for f in bronze["_source_file"])
     health = table(database, "SELECT quarantined_rows FROM data_health WHERE dataset = 'prices'")
     assert health["quarantined_rows"][0] == quarantined.height
+
+
+def test_a_profile_breaking_a_check_is_rejected_not_a_new_company_version(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    lake = copy_lake(lakes[0], tmp_path / "lake")
+    database = tmp_path / "lakehouse.duckdb"
+    build_lakehouse(lake, database, today=TODAY)
+    profile = DATASETS["profile"]
+    broken = (
+        read_dataset(lake, profile)
+        .filter(pl.col("symbol") == "MSFT")
+        .with_columns(
+            pl.lit(None, pl.String).alias("company_name"),
+            pl.lit(dt.datetime(2025, 7, 31, 4, tzinfo=dt.UTC)).alias("_ingested_at"),
+        )
+    )
+    run = "20250731T040000Z-broken"
+    lake.write_file(
+        partition_path(profile, dt.date(2025, 7, 31), run), encode_partition(profile, broken)
+    )
+    report = build_lakehouse(lake, database, today=TODAY)
+    assert report.datasets["profile"].rejected == 1
+    versions = table(
+        database, "SELECT company_name, is_current FROM dim_company WHERE symbol = 'MSFT'"
+    )
+    assert versions.height == 1  # no new version from the broken profile
+    assert versions["company_name"][0] is not None
+    assert versions["is_current"][0]
+    rejects = table(database, "SELECT dataset, symbol, _reason FROM silver_rejects")
+    assert rejects.rows() == [("profile", "MSFT", "missing company name")]
 
 
 def test_a_failed_build_keeps_the_database_and_the_next_build_loads_the_files(

@@ -88,3 +88,11 @@ def test_gold_views_parse_as_databricks_sql(name: str) -> None:
     tree = parse(gold_view_sql(name, TABLES))
     assert isinstance(tree, exp.Create)
     assert tree.this.sql() == f"main.fmp.{name}"
+
+
+def test_table_names_are_quoted_only_when_they_must_be() -> None:
+    assert Tables("main", "stocks").name("silver_prices") == "main.stocks.silver_prices"
+    assert Tables("data-eng", "stocks").name("silver_prices") == "`data-eng`.stocks.silver_prices"
+    assert Tables("data-eng", "stocks").namespace == "`data-eng`.stocks"
+    assert Tables().name("silver_prices") == "silver_prices"
+    assert Tables().namespace is None

@@ -6,10 +6,12 @@
 # MAGIC each with its own checkpoint and schema location under the checkpoint root, run with
 # MAGIC `trigger(availableNow=True)`: every file that arrived since the last run is loaded once,
 # MAGIC then the stream stops. Types come from the dataset registry (schema hints); a column the
-# MAGIC registry does not know yet is added to the table (the stream stops once and the job's retry
-# MAGIC picks it up), and values that do not fit land in `_rescued_data`. Each row keeps the file it
-# MAGIC came from and that file's modification time (`_source_file`, `_source_modified_at`); the
-# MAGIC partition value (`date=` or `ingest_date=` in the path) becomes a typed DATE column.
+# MAGIC registry does not know yet is added to the table (the stream stops once and is started
+# MAGIC again with the column), and values that do not fit land in `_rescued_data`. The manifests
+# MAGIC are read with fixed columns; the rest of each manifest is kept in `_rescued_data`.
+# MAGIC Each row keeps the file it came from and that file's modification time (`_source_file`,
+# MAGIC `_source_modified_at`); the partition value (`date=` or `ingest_date=` in the path)
+# MAGIC becomes a typed DATE column.
 # MAGIC
 # MAGIC Safe to rerun: the checkpoints remember which files were loaded.
 
@@ -33,8 +35,19 @@ tables = Tables(dbutils.widgets.get("catalog"), dbutils.widgets.get("schema"))
 
 # COMMAND ----------
 
+
+def has_files(folder: str) -> bool:
+    """One level of listing: a folder appears with its first file (quarantine often has none)."""
+    try:
+        return len(dbutils.fs.ls(folder)) > 0
+    except Exception as error:
+        if "FileNotFoundException" in str(error) or "does not exist" in str(error):
+            return False
+        raise
+
+
 create_tables(spark, tables)
-loaded = run_bronze(spark, lake, tables, checkpoint_root)
+loaded = run_bronze(spark, lake, tables, checkpoint_root, has_files=has_files)
 print(f"Bronze streams run: {', '.join(loaded)}")
 
 # COMMAND ----------
