@@ -263,44 +263,49 @@ def keep_rejects_sql(dataset: Dataset, rejected: str, target: str) -> str:
     )
 
 
-def _company_versions(source: str) -> str:
-    """The newest profile per symbol in `source`, with the hash of its tracked attributes."""
+def scd2_merge_sql(source: str, target: str) -> str:
+    """The type-2 MERGE into dim_company. Every change of the tracked attributes in `source`
+    becomes a version, in the order the profiles were ingested, even several in one batch (a
+    catch-up after paused nights): the current row is closed at the first change (`valid_to`,
+    `is_current = false`), each version ends where the next begins, the last one is current.
+    Profiles no newer than the current row, or unchanged, add nothing, so replays are harmless."""
     attributes = ", ".join(COMPANY_ATTRIBUTES)
     hashed = ", ".join(f"COALESCE(CAST({a} AS STRING), '')" for a in COMPANY_ATTRIBUTES)
-    return (
-        f"SELECT symbol, {attributes}, {INGESTED_AT_COLUMN} AS valid_from, "
-        f"md5(concat_ws('|', {hashed})) AS _attr_hash, {RUN_ID_COLUMN}, {INGESTED_AT_COLUMN}\n"
-        f"FROM (\n"
-        f"  SELECT *, ROW_NUMBER() OVER (PARTITION BY symbol "
-        f"ORDER BY {INGESTED_AT_COLUMN} DESC, {SOURCE_FILE} DESC) AS _row_rank\n"
-        f"  FROM {source}\n"
-        f") AS ranked WHERE _row_rank = 1"
-    )
-
-
-def scd2_merge_sql(source: str, target: str) -> str:
-    """The type-2 MERGE into dim_company: a changed company closes its current row (valid_to,
-    is_current = false) and gets a new current one; unchanged and older profiles change nothing."""
-    versions = _company_versions(source)
     columns = [c.name for c in dim_company_columns()]
-    inserted = [
-        "CAST(NULL AS TIMESTAMP)" if c == "valid_to" else "TRUE" if c == "is_current" else f"m.{c}"
-        for c in columns
-    ]
-    return (
-        f"MERGE INTO {target} AS t\n"
-        f"USING (\n"
-        f"  SELECT v.symbol AS _merge_key, v.* FROM ({versions}) AS v\n"
-        f"  UNION ALL\n"
-        f"  SELECT CAST(NULL AS STRING) AS _merge_key, v.* FROM ({versions}) AS v\n"
-        f"  JOIN {target} AS c ON c.symbol = v.symbol AND c.is_current\n"
-        f"  WHERE c._attr_hash <> v._attr_hash AND v.valid_from > c.valid_from\n"
-        f") AS m\n"
-        f"ON t.symbol = m._merge_key AND t.is_current\n"
-        f"WHEN MATCHED AND t._attr_hash <> m._attr_hash AND m.valid_from > t.valid_from THEN\n"
-        f"  UPDATE SET is_current = FALSE, valid_to = m.valid_from\n"
-        f"WHEN NOT MATCHED THEN INSERT ({', '.join(columns)}) VALUES ({', '.join(inserted)})"
-    )
+    inserted = ["(m.valid_to IS NULL)" if c == "is_current" else f"m.{c}" for c in columns]
+    return f"""MERGE INTO {target} AS t
+USING (
+  WITH profiles AS (
+    SELECT symbol, {attributes}, {INGESTED_AT_COLUMN} AS valid_from,
+      md5(concat_ws('|', {hashed})) AS _attr_hash, {RUN_ID_COLUMN}, {INGESTED_AT_COLUMN},
+      ROW_NUMBER() OVER (PARTITION BY symbol, {INGESTED_AT_COLUMN} ORDER BY {SOURCE_FILE} DESC)
+        AS _same_moment
+    FROM {source}
+  ), fresh AS (
+    SELECT p.*, c._attr_hash AS _current_hash
+    FROM profiles AS p
+    LEFT JOIN {target} AS c ON c.symbol = p.symbol AND c.is_current
+    WHERE p._same_moment = 1 AND (c.valid_from IS NULL OR p.valid_from > c.valid_from)
+  ), changes AS (
+    SELECT *,
+      COALESCE(LAG(_attr_hash) OVER (PARTITION BY symbol ORDER BY valid_from), _current_hash)
+        AS _previous_hash
+    FROM fresh
+  ), versions AS (
+    SELECT *,
+      LEAD(valid_from) OVER (PARTITION BY symbol ORDER BY valid_from) AS valid_to,
+      ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY valid_from) AS _nth
+    FROM changes
+    WHERE _previous_hash IS NULL OR _previous_hash <> _attr_hash
+  )
+  SELECT symbol AS _merge_key, * FROM versions WHERE _nth = 1 AND _current_hash IS NOT NULL
+  UNION ALL
+  SELECT CAST(NULL AS STRING) AS _merge_key, * FROM versions
+) AS m
+ON t.symbol = m._merge_key AND t.is_current
+WHEN MATCHED THEN UPDATE SET is_current = FALSE, valid_to = m.valid_from
+WHEN NOT MATCHED AND m._merge_key IS NULL THEN
+  INSERT ({", ".join(columns)}) VALUES ({", ".join(inserted)})"""
 
 
 # --- Gold -------------------------------------------------------------------------------------

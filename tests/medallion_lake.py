@@ -105,16 +105,19 @@ def write_run_2(lake: MedallionLake) -> None:
     for day, frame in fixes.items():
         path = partition_path(prices, day, CORRECTION_RUN)
         lake.lake.write_file(path, encode_partition(prices, frame))
+    # Within the same night's batch: the sector changes, a copy repeats it, then it changes back.
     profile = DATASETS["profile"]
-    moved = read_dataset(lake.lake, profile).filter(pl.col("symbol") == "AAPL")
-    moved = moved.with_columns(
-        pl.lit(NEW_SECTOR).alias("sector"),
-        pl.lit(at).alias("_ingested_at"),
-        pl.lit(CORRECTION_RUN).alias("_run_id"),
-    )
-    lake.lake.write_file(
-        partition_path(profile, at.date(), CORRECTION_RUN), encode_partition(profile, moved)
-    )
+    original = read_dataset(lake.lake, profile).filter(pl.col("symbol") == "AAPL")
+    for hours, sector in enumerate((NEW_SECTOR, NEW_SECTOR, original["sector"][0])):
+        run_id = f"{CORRECTION_RUN}{hours}"
+        version = original.with_columns(
+            pl.lit(sector).alias("sector"),
+            pl.lit(at + dt.timedelta(hours=hours)).alias("_ingested_at"),
+            pl.lit(run_id).alias("_run_id"),
+        )
+        lake.lake.write_file(
+            partition_path(profile, at.date(), run_id), encode_partition(profile, version)
+        )
 
 
 def expected_silver(lake: LocalLake, dataset: str) -> pl.DataFrame:

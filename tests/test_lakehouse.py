@@ -116,12 +116,17 @@ def test_incremental_run_applies_the_correction_ignores_the_stale_row_and_keeps_
 
     history = table(
         database,
-        "SELECT sector, is_current, valid_to IS NULL AS open FROM dim_company "
+        "SELECT sector, is_current, valid_from, valid_to FROM dim_company "
         "WHERE symbol = 'AAPL' ORDER BY valid_from",
     )
-    assert history["is_current"].to_list() == [False, True]
-    assert history["open"].to_list() == [False, True]
-    assert history["sector"][1] == NEW_SECTOR
+    # Three versions: the first night's, the new sector, the old one again (the repeat in
+    # between is no version); each ends where the next begins.
+    sectors = history["sector"].to_list()
+    assert sectors == [sectors[0], NEW_SECTOR, sectors[0]]
+    assert sectors[0] != NEW_SECTOR
+    assert history["is_current"].to_list() == [False, False, True]
+    assert history["valid_to"].to_list()[:2] == history["valid_from"].to_list()[1:]
+    assert history["valid_to"][2] is None
     assert (
         table(database, "SELECT COUNT(*) AS n FROM dim_company WHERE symbol = 'MSFT'")["n"][0] == 1
     )
