@@ -146,6 +146,13 @@ def test_bundle_jobs_are_valid_job_specs(name: str) -> None:
         assert task["libraries"] == [{"whl": "../dist/*.whl"}]
 
 
+def test_the_job_spec_check_catches_a_misspelled_field() -> None:
+    spec = yaml.safe_load(yaml.safe_dump(BUNDLE["resources"]["jobs"]["medallion"]))
+    spec["tasks"][0]["notebok_task"] = spec["tasks"][0].pop("notebook_task")
+    with pytest.raises(ValueError, match="notebok_task"):
+        Job.from_dict(spec)
+
+
 def test_bundle_structure_and_variables() -> None:
     assert set(BUNDLE) <= BUNDLE_KEYS
     assert BUNDLE["bundle"]["name"] == "stock_pipeline"
