@@ -186,6 +186,48 @@ def test_ttm_eps_and_pe_are_point_in_time(
     assert checked == between.height + 1
 
 
+def test_a_late_filing_for_an_older_quarter_does_not_replace_the_newer_one(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    lake = copy_lake(lakes[1], tmp_path / "lake")
+    filings = quarterly_filings(lake, "AAPL")
+    # A quarter outside the newest one's trailing year is amended after the newest became
+    # public: the newest filing still counts (its trailing year does not hold that quarter).
+    assert filings.height >= 5
+    newest, older = filings.row(-1, named=True), filings.row(-5, named=True)
+    amended_at = dt.datetime.combine(newest["public_on"], dt.time(20), dt.UTC) + dt.timedelta(
+        days=2
+    )
+    run = "20250731T050000Z-amend"
+    ingested = dt.datetime(2025, 7, 31, 5, tzinfo=dt.UTC)
+    for name in ("income_statement", "balance_sheet", "cash_flow"):
+        data = DATASETS[name]
+        rows = read_dataset(lake, data).filter(
+            (pl.col("symbol") == "AAPL") & (pl.col("date") == older["date"])
+            & pl.col("period").str.starts_with("Q")
+        ).with_columns(
+            pl.lit(amended_at).alias("accepted_date"),
+            pl.lit(ingested).alias("_ingested_at"),
+            pl.lit(run).alias("_run_id"),
+        )  # fmt: skip
+        assert rows.height == 1
+        lake.write_file(partition_path(data, ingested.date(), run), encode_partition(data, rows))
+    database = tmp_path / "lakehouse.duckdb"
+    build_lakehouse(lake, database, today=TODAY)
+    after = table(
+        database,
+        "SELECT date, fundamentals_period_end FROM daily_features "
+        f"WHERE symbol = 'AAPL' AND date > DATE'{amended_at.date()}' ORDER BY date",
+    )
+    assert after.height > 0
+    assert set(after["fundamentals_period_end"]) == {newest["date"]}
+    pit = table(
+        database, "SELECT period_end, known_from FROM fundamentals_pit WHERE symbol = 'AAPL'"
+    )
+    amended = pit.filter(pl.col("period_end") == older["date"])["known_from"][0]
+    assert amended == amended_at.date()  # the amendment did land
+
+
 def test_data_health_reports_coverage_gaps_quarantine_and_the_last_run(
     lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
 ) -> None:
