@@ -18,6 +18,7 @@ from pathlib import Path
 
 import aiohttp
 import polars as pl
+import pytest
 
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.fmp import FmpClient, RequestPacer, RetryPolicy
@@ -203,3 +204,41 @@ def ttm_eps_as_of(filings: pl.DataFrame, day: dt.date) -> float | None:
     if not 250 <= span <= 300:
         return None
     return float(usable["eps_diluted"].sum())
+
+
+def assert_price_features_match(got: pl.DataFrame, prices: pl.DataFrame) -> None:
+    """`got` (symbol, date and PRICE_FEATURES, ordered) equals the polars computation on the
+    Silver `prices`: the same NULLs before a window is full, the same values after."""
+    expected = price_features(prices).select(got.columns)
+    assert got.height == expected.height > 252 * 2
+    for name in PRICE_FEATURES:
+        a, b = got[name].cast(pl.Float64), expected[name]
+        assert a.is_null().to_list() == b.is_null().to_list(), f"{name}: NULL before enough history"
+        both = pl.DataFrame({"a": a, "b": b}).drop_nulls()
+        assert both.height > 0, name
+        assert ((both["a"] - both["b"]).abs() <= 1e-9 * both["b"].abs().max()).all(), name
+
+
+def assert_ttm_eps_and_pe_point_in_time(daily: pl.DataFrame, lake: LocalLake) -> None:
+    """`daily` (date, close, ttm_eps_diluted, pe_ratio of AAPL, by date) holds, on every session
+    between the last two filings and on the session after the second became public, the TTM EPS
+    known that day and the P/E it gives."""
+    filings = quarterly_filings(lake, "AAPL")
+    second = filings.filter(pl.col("public_on") < daily["date"].max()).tail(1)
+    first = filings.filter(pl.col("date") < second["date"][0]).tail(1)
+    between = daily.filter(
+        (pl.col("date") > first["public_on"][0]) & (pl.col("date") <= second["public_on"][0])
+    )
+    after = daily.filter(pl.col("date") > second["public_on"][0]).head(1)
+    assert between.height > 20
+    assert after.height == 1
+    checked = 0
+    for day, close, eps, pe in (*between.rows(), *after.rows()):
+        expected = ttm_eps_as_of(filings, day)
+        assert expected is not None
+        assert eps == pytest.approx(expected), day
+        assert pe == pytest.approx(close / expected), day
+        checked += 1
+    # The filing counts from the day after it became public, never on its period end.
+    assert between["ttm_eps_diluted"][-1] != after["ttm_eps_diluted"][0]
+    assert checked == between.height + 1

@@ -34,10 +34,9 @@ from tests.medallion_lake import (
     PRICE_FEATURES,
     TODAY,
     MedallionLake,
+    assert_price_features_match,
+    assert_ttm_eps_and_pe_point_in_time,
     expected_silver,
-    price_features,
-    quarterly_filings,
-    ttm_eps_as_of,
 )
 
 if TYPE_CHECKING:
@@ -223,37 +222,16 @@ def test_gold_price_features_match_polars(spark: SparkSession, built: Built) -> 
         f"SELECT symbol, date, {', '.join(PRICE_FEATURES)} "
         f"FROM {TABLES.name('price_features')} ORDER BY symbol, date",
     )
-    expected = price_features(expected_silver(built.lake, "prices")).select(got.columns)
-    assert got.height == expected.height > 504
-    for name in PRICE_FEATURES:
-        a, b = got[name].cast(pl.Float64), expected[name]
-        assert a.is_null().to_list() == b.is_null().to_list(), f"{name}: NULL before enough history"
-        both = pl.DataFrame({"a": a, "b": b}).drop_nulls()
-        assert both.height > 0, name
-        assert ((both["a"] - both["b"]).abs() <= 1e-9 * both["b"].abs().max()).all(), name
+    assert_price_features_match(got, expected_silver(built.lake, "prices"))
 
 
 def test_ttm_eps_and_pe_as_known_on_each_date(spark: SparkSession, built: Built) -> None:
-    filings = quarterly_filings(built.lake, "AAPL")
     daily = gold(
         spark,
         f"SELECT date, close, ttm_eps_diluted, pe_ratio FROM {TABLES.name('daily_features')} "
         f"WHERE symbol = 'AAPL' ORDER BY date",
     )
-    second = filings.filter(pl.col("public_on") < daily["date"].max()).tail(1)
-    first = filings.filter(pl.col("date") < second["date"][0]).tail(1)
-    between = daily.filter(
-        (pl.col("date") > first["public_on"][0]) & (pl.col("date") <= second["public_on"][0])
-    )
-    after = daily.filter(pl.col("date") > second["public_on"][0]).head(1)
-    assert between.height > 20
-    assert after.height == 1
-    for day, close, eps, pe in (*between.rows(), *after.rows()):
-        expected = ttm_eps_as_of(filings, day)
-        assert expected is not None
-        assert eps == pytest.approx(expected), day
-        assert pe == pytest.approx(close / expected), day
-    assert between["ttm_eps_diluted"][-1] != after["ttm_eps_diluted"][0]
+    assert_ttm_eps_and_pe_point_in_time(daily, built.lake)
 
 
 @pytest.fixture(scope="module")

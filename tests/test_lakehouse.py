@@ -36,11 +36,11 @@ from tests.medallion_lake import (
     STALE_DAY,
     TODAY,
     MedallionLake,
+    assert_price_features_match,
+    assert_ttm_eps_and_pe_point_in_time,
     expected_silver,
     ingest_night,
-    price_features,
     quarterly_filings,
-    ttm_eps_as_of,
 )
 
 runner = CliRunner()
@@ -132,58 +132,35 @@ def test_incremental_run_applies_the_correction_ignores_the_stale_row_and_keeps_
     )
 
 
-def test_gold_price_features_match_polars(
-    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
-) -> None:
-    lake = copy_lake(lakes[1], tmp_path / "lake")
-    database = tmp_path / "lakehouse.duckdb"
+@pytest.fixture(scope="module")
+def both_nights(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path_factory: pytest.TempPathFactory
+) -> tuple[LocalLake, Path]:
+    """The lakehouse of both nights, built once for the tests that only read it."""
+    root = tmp_path_factory.mktemp("both_nights")
+    lake = copy_lake(lakes[1], root / "lake")
+    database = root / "lakehouse.duckdb"
     build_lakehouse(lake, database, today=TODAY)
+    return lake, database
+
+
+def test_gold_price_features_match_polars(both_nights: tuple[LocalLake, Path]) -> None:
+    lake, database = both_nights
     got = table(
         database,
         f"SELECT symbol, date, {', '.join(PRICE_FEATURES)} FROM price_features ORDER BY symbol, date",
     )
-    expected = price_features(expected_silver(lake, "prices")).select(got.columns)
-    assert got.height == expected.height > 252 * 2
-    for name in PRICE_FEATURES:
-        a, b = got[name], expected[name]
-        assert a.is_null().to_list() == b.is_null().to_list(), f"{name}: NULL before enough history"
-        both = pl.DataFrame({"a": a, "b": b}).drop_nulls()
-        assert both.height > 0, name
-        assert ((both["a"] - both["b"]).abs() <= 1e-9 * both["b"].abs().max()).all(), name
+    assert_price_features_match(got, expected_silver(lake, "prices"))
 
 
-def test_ttm_eps_and_pe_are_point_in_time(
-    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
-) -> None:
-    lake = copy_lake(lakes[1], tmp_path / "lake")
-    database = tmp_path / "lakehouse.duckdb"
-    build_lakehouse(lake, database, today=TODAY)
-    filings = quarterly_filings(lake, "AAPL")
+def test_ttm_eps_and_pe_are_point_in_time(both_nights: tuple[LocalLake, Path]) -> None:
+    lake, database = both_nights
     daily = table(
         database,
         "SELECT date, close, ttm_eps_diluted, pe_ratio FROM daily_features "
         "WHERE symbol = 'AAPL' ORDER BY date",
     )
-    # The last two filings with a full trailing year before them: check the sessions between
-    # them and the session after the second became public.
-    second = filings.filter(pl.col("public_on") < daily["date"].max()).tail(1)
-    first = filings.filter(pl.col("date") < second["date"][0]).tail(1)
-    between = daily.filter(
-        (pl.col("date") > first["public_on"][0]) & (pl.col("date") <= second["public_on"][0])
-    )
-    after = daily.filter(pl.col("date") > second["public_on"][0]).head(1)
-    assert between.height > 20
-    assert after.height == 1
-    checked = 0
-    for day, close, eps, pe in (*between.rows(), *after.rows()):
-        expected = ttm_eps_as_of(filings, day)
-        assert expected is not None
-        assert eps == pytest.approx(expected), day
-        assert pe == pytest.approx(close / expected), day
-        checked += 1
-    # The filing counts from the day after it became public, never on its period end.
-    assert between["ttm_eps_diluted"][-1] != after["ttm_eps_diluted"][0]
-    assert checked == between.height + 1
+    assert_ttm_eps_and_pe_point_in_time(daily, lake)
 
 
 def test_a_late_filing_for_an_older_quarter_does_not_replace_the_newer_one(

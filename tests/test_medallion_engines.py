@@ -15,6 +15,7 @@ import sqlglot
 
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.medallion import Tables, gold_view_sql, merge_sql, silver_columns
+from tests.medallion_lake import PRICE_FEATURES, assert_price_features_match
 
 PRICES = DATASETS["prices"]
 COLUMNS = [c.name for c in silver_columns(PRICES)]
@@ -92,32 +93,6 @@ def test_a_late_correction_updates_and_an_older_row_does_not(
     assert silver(con) == [("A", day, 10.5, "fix")]
 
 
-def polars_features(prices: pl.DataFrame) -> pl.DataFrame:
-    """The same features computed independently, by symbol, with polars."""
-    close = pl.col("close")
-    diff = close.diff()
-    log_return = (close / close.shift(1)).log()
-    gain = pl.when(diff > 0).then(diff).otherwise(0.0)
-    loss = pl.when(diff < 0).then(-diff).otherwise(0.0)
-    avg_gain, avg_loss = gain.rolling_mean(14), loss.rolling_mean(14)
-    return (
-        prices.sort("symbol", "date")
-        .with_columns(
-            sma_20=close.rolling_mean(20).over("symbol"),
-            sma_200=close.rolling_mean(200).over("symbol"),
-            return_5d=(close / close.shift(5) - 1).over("symbol"),
-            volatility_20d=(log_return.rolling_std(20) * math.sqrt(252)).over("symbol"),
-            rsi_14=(100 - 100 / (1 + avg_gain / avg_loss)).over("symbol"),
-            drawdown=(close / close.cum_max() - 1).over("symbol"),
-            high_52w=pl.col("high").rolling_max(252).over("symbol"),
-        )
-        # The first row of each symbol has no return: RSI's window starts at the second.
-        .with_columns(
-            rsi_14=pl.when(pl.int_range(pl.len()).over("symbol") >= 14).then(pl.col("rsi_14"))
-        )
-    )
-
-
 def test_price_features_match_an_independent_polars_computation(
     con: duckdb.DuckDBPyConnection,
 ) -> None:
@@ -132,28 +107,13 @@ def test_price_features_match_an_independent_polars_computation(
     load_batch(con, rows)
     con.execute(duck(merge_sql(PRICES, "batch", "silver_prices")))
     con.execute(duck(gold_view_sql("price_features", Tables())))
-    features = [
-        "sma_20",
-        "sma_200",
-        "return_5d",
-        "volatility_20d",
-        "rsi_14",
-        "drawdown",
-        "high_52w",
-    ]
     result = con.execute(
-        f"SELECT symbol, date, {', '.join(features)} FROM price_features ORDER BY symbol, date"
+        f"SELECT symbol, date, {', '.join(PRICE_FEATURES)} FROM price_features ORDER BY symbol, date"
     )
-    schema = {"symbol": pl.String, "date": pl.Date, **dict.fromkeys(features, pl.Float64)}
+    schema = {"symbol": pl.String, "date": pl.Date, **dict.fromkeys(PRICE_FEATURES, pl.Float64)}
     got = pl.DataFrame(result.fetchall(), schema=schema, orient="row")
-    expected = polars_features(pl.DataFrame(rows)).select("symbol", "date", *features)
-    assert got.height == expected.height == 600
-    for name in features:
-        a, b = got[name], expected[name]
-        assert a.is_null().to_list() == b.is_null().to_list(), f"{name}: NULL before enough history"
-        both = pl.DataFrame({"a": a, "b": b}).drop_nulls()
-        assert both.height > 0, name
-        assert ((both["a"] - both["b"]).abs() <= 1e-9 * both["b"].abs().max()).all(), name
+    assert got.height == 600
+    assert_price_features_match(got, pl.DataFrame(rows))
     # No partial windows: the 20-day average starts on each symbol's 20th session.
     first = got.filter(pl.col("symbol") == "AAA")["sma_20"]
     assert first[:19].is_null().all()
