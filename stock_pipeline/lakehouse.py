@@ -12,7 +12,8 @@ from __future__ import annotations
 
 import datetime as dt
 import json
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -190,6 +191,18 @@ def _merge_new_rows(con: duckdb.DuckDBPyConnection, dataset: Dataset, batch: str
     return count
 
 
+@contextmanager
+def _transaction(con: duckdb.DuckDBPyConnection) -> Iterator[None]:
+    """All of the block or none of it: a load and its checkpoint commit together."""
+    _run(con, "BEGIN TRANSACTION")
+    try:
+        yield
+    except BaseException:
+        _run(con, "ROLLBACK")
+        raise
+    _run(con, "COMMIT")
+
+
 def _load_dataset(
     con: duckdb.DuckDBPyConnection, lake: LocalLake, dataset: Dataset, loaded: set[str]
 ) -> DatasetLoad:
@@ -199,9 +212,8 @@ def _load_dataset(
     ]
     frame = bronze_frame(lake, dataset, paths)
     quarantined = bronze_frame(lake, dataset, quarantined_paths, quarantine=True)
-    _run(con, "BEGIN TRANSACTION")
-    try:
-        rejected = 0
+    rejected = 0
+    with _transaction(con):
         if frame.height:
             _insert(con, bronze_table(dataset), frame)
             batch = frame.select(c.name for c in silver_columns(dataset) if c.name in frame.columns)
@@ -213,10 +225,6 @@ def _load_dataset(
         if quarantined.height:
             _insert(con, bronze_table("quarantine"), quarantined)
         _mark_loaded(con, [*paths, *quarantined_paths])
-        _run(con, "COMMIT")
-    except BaseException:
-        _run(con, "ROLLBACK")
-        raise
 
     return DatasetLoad(
         new_files=len(paths),
@@ -261,14 +269,9 @@ def _load_runs(con: duckdb.DuckDBPyConnection, lake: LocalLake, loaded: set[str]
     frame = runs_frame(lake, paths)
     if not frame.height:
         return 0
-    _run(con, "BEGIN TRANSACTION")
-    try:
+    with _transaction(con):
         _insert(con, bronze_table("runs"), frame)
         _mark_loaded(con, paths)
-        _run(con, "COMMIT")
-    except BaseException:
-        _run(con, "ROLLBACK")
-        raise
     return frame.height
 
 
