@@ -2,56 +2,48 @@
 
 from __future__ import annotations
 
-import asyncio
 import datetime as dt
 import logging
 import os
 import sys
 import time
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from pathlib import Path
-from typing import Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any
 
-import aiohttp
-import click
 import typer
-from dotenv import load_dotenv
 from rich.console import Console
-from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeRemainingColumn
+from rich.markup import escape
 from rich.table import Table
 
 from stock_pipeline import __version__
 from stock_pipeline.config import (
+    DEFAULT_BASE_URL,
     DEFAULT_LAKE,
+    DEFAULT_RATE_LIMIT,
     DEFAULT_TICKERS_PATH,
     Settings,
+    bundled_tickers,
     parse_datasets,
     read_tickers,
 )
-from stock_pipeline.datasets import DEFAULT_DATASETS, schema_markdown
+from stock_pipeline.datasets import DEFAULT_DATASETS
 from stock_pipeline.errors import ConfigError, ExitCode, FmpAuthError, StockPipelineError
-from stock_pipeline.fmp import (
-    DEFAULT_BASE_URL,
-    DEFAULT_RATE_LIMIT,
-    FmpClient,
-    RequestPacer,
-    RetryPolicy,
-    redact,
-)
 from stock_pipeline.lake import Lake, open_lake, read_manifests
-from stock_pipeline.lakehouse import LakehouseReport
-from stock_pipeline.market_calendar import EARLIEST_SESSION, last_completed_session
-from stock_pipeline.pipeline import (
-    Plan,
-    ProgressEvent,
-    RunReport,
-    last_landed_session,
-    new_run_id,
-    plan_run,
-    resolve_range,
-    run_ingest,
+from stock_pipeline.market_calendar import (
+    EARLIEST_SESSION,
+    last_completed_session,
+    use_cache_dir,
 )
+from stock_pipeline.plan import Plan, last_landed_session, new_run_id, plan_run, resolve_range
+from stock_pipeline.redaction import redact
+
+# `--help` and `--dry-run` answer without loading the HTTP client, the data frames or the local
+# lakehouse; the commands that need them import them when they run.
+if TYPE_CHECKING:
+    from stock_pipeline.lakehouse import LakehouseReport
+    from stock_pipeline.pipeline import ProgressEvent, RunReport
 
 __all__ = ["app", "ingest_main", "main"]
 
@@ -82,7 +74,8 @@ def _date(value: str | None) -> dt.date | None:
 
 
 def _fail(error: StockPipelineError | str, code: ExitCode, secret: str | None) -> typer.Exit:
-    err.print(f"[bold red]error:[/] {redact(str(error), secret)}", highlight=False)
+    # Escaped: a message may hold brackets (`stock-pipeline[lakehouse]`) that rich reads as markup.
+    err.print(f"[bold red]error:[/] {escape(redact(str(error), secret))}", highlight=False)
     return typer.Exit(int(code))
 
 
@@ -154,18 +147,28 @@ def _print_summary(report: RunReport) -> None:
         out.print(f"[red]{len(report.failures)} failure(s):[/]")
         for failure in report.failures[:20]:
             out.print(
-                f"  {failure.dataset} {failure.symbol or ''}: {failure.error}", highlight=False
+                f"  {failure.dataset} {failure.symbol or ''}: {failure.error}",
+                highlight=False,
+                markup=False,  # FMP's words, brackets and all
             )
         if len(report.failures) > 20:
             out.print(f"  ... and {len(report.failures) - 20} more, all listed in the manifest")
     manifest = report.manifest.path if report.manifest else "(not written)"
-    out.print(f"lake: {report.lake}\nmanifest: {manifest}", highlight=False)
+    out.print(f"lake: {report.lake}\nmanifest: {manifest}", highlight=False, markup=False)
 
 
 @contextmanager
 def _progress_reporter(total: int) -> Iterator[Callable[[ProgressEvent], None]]:
     """A live bar on a terminal; otherwise a log line every 10% of requests."""
     if err.is_terminal:
+        from rich.progress import (
+            BarColumn,
+            MofNCompleteColumn,
+            Progress,
+            TextColumn,
+            TimeRemainingColumn,
+        )
+
         with Progress(
             TextColumn("[progress.description]{task.description}"),
             BarColumn(),
@@ -203,6 +206,11 @@ def _progress_reporter(total: int) -> Iterator[Callable[[ProgressEvent], None]]:
 
 
 async def _execute(plan: Plan, settings: Settings, lake: Lake, started: dt.datetime) -> RunReport:
+    import aiohttp
+
+    from stock_pipeline.fmp import FmpClient, RequestPacer, RetryPolicy
+    from stock_pipeline.pipeline import run_ingest
+
     assert settings.api_key is not None
     concurrency = settings.effective_concurrency
     connector = aiohttp.TCPConnector(limit=concurrency)
@@ -285,6 +293,8 @@ def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = 
         "run %s: %d requests for %d symbols, %s to %s, into %s",
         plan.run_id, len(plan.requests), len(symbols), start, end, lake.uri,
     )  # fmt: skip
+    import asyncio
+
     try:
         report = asyncio.run(_execute(plan, settings, lake, started))
     except KeyboardInterrupt:
@@ -320,12 +330,26 @@ class _StderrHandler(logging.StreamHandler):  # type: ignore[type-arg]
         pass
 
 
-def _configure_logging(verbose: bool) -> None:
+def _configure(verbose: bool) -> None:
+    """Logging, and where the NYSE calendar is cached, for a command that runs."""
     handler = _StderrHandler()
     handler.setFormatter(_RedactingFormatter("%(asctime)s %(levelname)s %(message)s"))
     log.handlers[:] = [handler]
     log.setLevel(logging.DEBUG if verbose else logging.INFO)
     log.propagate = False
+    use_cache_dir(_cache_dir())
+
+
+def _cache_dir() -> Path | None:
+    """STOCK_PIPELINE_CACHE_DIR, else the XDG cache folder (~/.cache/stock-pipeline)."""
+    if chosen := os.environ.get("STOCK_PIPELINE_CACHE_DIR"):
+        return Path(chosen)
+    if xdg := os.environ.get("XDG_CACHE_HOME"):
+        return Path(xdg) / "stock-pipeline"
+    try:
+        return Path.home() / ".cache" / "stock-pipeline"
+    except RuntimeError:  # no home directory (some service accounts): compute, do not cache
+        return None
 
 
 def _env_float(name: str, default: float) -> float:
@@ -417,7 +441,7 @@ def ingest(
 
     Exit codes: 0 all landed, 1 partial, 2 usage or config error, 3 FMP refused the key.
     """
-    _configure_logging(verbose)
+    _configure(verbose)
     _load_dotenv()  # also here for callers that invoke `app` directly (tests, embedding)
     try:
         chosen = parse_datasets(datasets)
@@ -447,7 +471,7 @@ def _guarded(action: Callable[[], ExitCode], secret: str | None) -> ExitCode:
     traceback (which --verbose logs, redacted)."""
     try:
         return action()
-    except (typer.Exit, typer.Abort, click.exceptions.ClickException):
+    except (typer.Exit, typer.Abort, typer.BadParameter):
         raise
     except Exception as error:
         log.debug("unexpected error", exc_info=True)
@@ -457,7 +481,14 @@ def _guarded(action: Callable[[], ExitCode], secret: str | None) -> ExitCode:
 
 @app.command()
 def demo(
-    tickers_path: TickersOption = DEFAULT_TICKERS_PATH,
+    tickers_path: Annotated[
+        Path | None,
+        typer.Option(
+            "--tickers-path",
+            help="CSV with a `symbol` column [default: the 30 Dow members shipped with the package].",
+            dir_okay=False,
+        ),
+    ] = None,
     lake: Annotated[str, typer.Option("--lake", help="Where the demo lake goes.")] = "./demo-lake",
     backfill_days: BackfillOption = 60,
     rate_limit: Annotated[
@@ -467,12 +498,14 @@ def demo(
     """Run a real ingestion against the bundled FMP simulator into a local lake: no key, no network."""
     from stock_pipeline.simulator import SimulatorConfig, SimulatorThread
 
-    _configure_logging(False)
+    _configure(False)
     config = SimulatorConfig(api_key=DEMO_KEY, rate_limit=rate_limit)
-    with SimulatorThread(config) as simulator:
+    with ExitStack() as stack:
+        tickers = tickers_path or stack.enter_context(bundled_tickers())
+        simulator = stack.enter_context(SimulatorThread(config))
         out.print(f"FMP simulator listening on {simulator.url}", highlight=False)
         settings = _settings(
-            tickers_path=tickers_path,
+            tickers_path=tickers,
             lake=lake,
             backfill_days=backfill_days,
             rate_limit=rate_limit,
@@ -510,9 +543,17 @@ def lakehouse(
 ) -> None:
     """Build the Databricks Bronze, Silver and Gold tables from a local lake, in a DuckDB file."""
     from stock_pipeline.lake import LocalLake
-    from stock_pipeline.lakehouse import build_lakehouse, run_query
 
-    _configure_logging(verbose)
+    _configure(verbose)
+    try:
+        from stock_pipeline.lakehouse import build_lakehouse, run_query
+    except ModuleNotFoundError as error:
+        raise _fail(
+            f"the lakehouse command needs the lakehouse extra ({error.name} is not installed): "
+            "pip install 'stock-pipeline[lakehouse]'",
+            ExitCode.USAGE,
+            None,
+        ) from None
     if "://" in lake:
         raise _fail(
             f"{lake} is not a local folder: the lakehouse command builds from a local lake "
@@ -563,6 +604,8 @@ def _print_rows(columns: list[str], rows: list[tuple[object, ...]]) -> None:
 @app.command()
 def schema() -> None:
     """Print every dataset's columns and types (Markdown), from the dataset registry."""
+    from stock_pipeline.datasets import schema_markdown
+
     typer.echo(schema_markdown(), nl=False)
 
 
@@ -574,7 +617,11 @@ def version() -> None:
 
 def _load_dotenv() -> None:
     # Before typer reads the environment, so a .env sets --lake and --rate-limit defaults too.
-    load_dotenv(Path.cwd() / ".env", override=False)
+    path = Path.cwd() / ".env"
+    if path.is_file():
+        from dotenv import load_dotenv
+
+        load_dotenv(path, override=False)
 
 
 def main() -> None:

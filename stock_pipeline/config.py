@@ -4,28 +4,41 @@ from __future__ import annotations
 
 import csv
 import datetime as dt
+import math
 import re
+from contextlib import AbstractContextManager
 from dataclasses import dataclass, field
+from importlib import resources
 from pathlib import Path
 from typing import Literal
 from urllib.parse import urlsplit
 
 from stock_pipeline.datasets import DATASETS, DEFAULT_DATASETS
 from stock_pipeline.errors import ConfigError
-from stock_pipeline.fmp import DEFAULT_BASE_URL, DEFAULT_RATE_LIMIT, default_concurrency
 
 __all__ = [
+    "DEFAULT_BASE_URL",
     "DEFAULT_LAKE",
+    "DEFAULT_RATE_LIMIT",
     "DEFAULT_TICKERS_PATH",
     "Period",
     "Settings",
+    "bundled_tickers",
+    "default_concurrency",
     "parse_datasets",
     "read_tickers",
 ]
 
 DEFAULT_TICKERS_PATH = Path("config/tickers.csv")
+#: The 30 Dow Jones members, shipped inside the package for `demo`.
+BUNDLED_TICKERS = "dow30.csv"
 DEFAULT_LAKE = "./lake"
 DEFAULT_TIMEOUT = 30.0
+DEFAULT_BASE_URL = "https://financialmodelingprep.com"
+#: Requests per minute on FMP's Starter plan.
+DEFAULT_RATE_LIMIT = 300
+#: FMP returns at most this many price rows per request and silently drops the rest.
+PRICE_ROW_CAP = 5000
 Period = Literal["annual", "quarter", "both"]
 PERIODS: tuple[Period, ...] = ("annual", "quarter", "both")
 
@@ -82,6 +95,11 @@ class Settings:
         return self.concurrency or default_concurrency(self.rate_limit)
 
 
+def default_concurrency(rate_limit: int) -> int:
+    """Enough requests in flight to hold `rate_limit` per minute with answers taking up to 4 s."""
+    return min(64, max(8, math.ceil(rate_limit / 15)))
+
+
 def _check_url(url: str) -> None:
     problem = f"--fmp-base-url must be an http(s) URL like {DEFAULT_BASE_URL}, got {url!r}"
     try:
@@ -105,12 +123,23 @@ def parse_datasets(text: str) -> tuple[str, ...]:
     return tuple(name for name in DATASETS if name in wanted)
 
 
+def bundled_tickers() -> AbstractContextManager[Path]:
+    """The path of the tickers file that ships with the package (the 30 Dow members)."""
+    return resources.as_file(resources.files("stock_pipeline") / "data" / BUNDLED_TICKERS)
+
+
 def read_tickers(path: Path) -> tuple[str, ...]:
     """The symbols in a CSV with a `symbol` column, upper-cased and deduplicated, in file order."""
     try:
         text = path.read_text(encoding="utf-8-sig")
     except FileNotFoundError:
-        raise ConfigError(f"tickers file not found: {path}") from None
+        where = "" if path.is_absolute() else f" (looked in {Path.cwd()})"
+        with bundled_tickers() as bundled:
+            raise ConfigError(
+                f"tickers file not found: {path}{where}; pass --tickers-path with a CSV that has a "
+                f"'symbol' column, e.g. the 30 Dow members that ship with the package: "
+                f"--tickers-path {bundled}"
+            ) from None
     except (OSError, UnicodeDecodeError) as error:
         raise ConfigError(f"cannot read tickers file {path}: {error}") from None
     reader = csv.DictReader(text.splitlines())

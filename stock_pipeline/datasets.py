@@ -12,10 +12,15 @@ import re
 from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from enum import StrEnum
-from typing import Literal
+from functools import cache
+from types import ModuleType
+from typing import TYPE_CHECKING, Literal
 
-import polars as pl
-import pyarrow as pa
+# polars and pyarrow load when a schema or a check is first used, not with the registry: the CLI's
+# `--help` and `--dry-run`, and the SQL generated for the notebooks, need names and keys only.
+if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
 
 __all__ = [
     "DATASETS",
@@ -60,35 +65,47 @@ class ColumnType(StrEnum):
 
     @property
     def polars(self) -> pl.DataType:
-        return _POLARS[self]
+        return _polars_types()[self]
 
     @property
     def arrow(self) -> pa.DataType:
-        return _ARROW[self]
+        return _arrow_types()[self]
 
     @property
     def spark(self) -> str:
         return _SPARK[self]
 
 
-_POLARS: dict[ColumnType, pl.DataType] = {
-    ColumnType.STRING: pl.String(),
-    ColumnType.DATE: pl.Date(),
-    ColumnType.TIMESTAMP: pl.Datetime("us", "UTC"),
-    ColumnType.FLOAT: pl.Float64(),
-    ColumnType.INT: pl.Int64(),
-    ColumnType.BOOL: pl.Boolean(),
-}
-# Spark and Databricks read string (not large_string), date32 and microsecond UTC timestamps natively;
-# nanosecond timestamps and large types are the usual source of "unsupported type" errors.
-_ARROW: dict[ColumnType, pa.DataType] = {
-    ColumnType.STRING: pa.string(),
-    ColumnType.DATE: pa.date32(),
-    ColumnType.TIMESTAMP: pa.timestamp("us", tz="UTC"),
-    ColumnType.FLOAT: pa.float64(),
-    ColumnType.INT: pa.int64(),
-    ColumnType.BOOL: pa.bool_(),
-}
+@cache
+def _polars_types() -> dict[ColumnType, pl.DataType]:
+    import polars as pl
+
+    return {
+        ColumnType.STRING: pl.String(),
+        ColumnType.DATE: pl.Date(),
+        ColumnType.TIMESTAMP: pl.Datetime("us", "UTC"),
+        ColumnType.FLOAT: pl.Float64(),
+        ColumnType.INT: pl.Int64(),
+        ColumnType.BOOL: pl.Boolean(),
+    }
+
+
+@cache
+def _arrow_types() -> dict[ColumnType, pa.DataType]:
+    import pyarrow as pa
+
+    # Spark and Databricks read string (not large_string), date32 and microsecond UTC timestamps
+    # natively; nanosecond timestamps and large types are the usual source of "unsupported type".
+    return {
+        ColumnType.STRING: pa.string(),
+        ColumnType.DATE: pa.date32(),
+        ColumnType.TIMESTAMP: pa.timestamp("us", tz="UTC"),
+        ColumnType.FLOAT: pa.float64(),
+        ColumnType.INT: pa.int64(),
+        ColumnType.BOOL: pa.bool_(),
+    }
+
+
 _SPARK: dict[ColumnType, str] = {
     ColumnType.STRING: "STRING",
     ColumnType.DATE: "DATE",
@@ -118,12 +135,20 @@ class Column:
 class Check:
     """A sanity rule: rows where `violated` is true go to quarantine with `reason`.
 
-    `violated_sql` is the same rule as a Spark SQL predicate, for the Silver data-quality checks.
+    `violated` builds the rule as a polars expression from the polars module it is given (see
+    `expression`); `violated_sql` is the same rule as a Spark SQL predicate, for the Silver
+    data-quality checks.
     """
 
     reason: str
-    violated: Callable[[], pl.Expr]
+    violated: Callable[[ModuleType], pl.Expr]
     violated_sql: str
+
+    def expression(self) -> pl.Expr:
+        """The rule as a polars expression: true where a row breaks it."""
+        import polars
+
+        return self.violated(polars)
 
 
 def _fmp(field: str, type_: ColumnType, *aliases: str, new_york_time: bool = False) -> Column:
@@ -188,6 +213,8 @@ class Dataset:
         return (*self.file_columns, Column(self.partition, ColumnType.DATE))
 
     def arrow_schema(self) -> pa.Schema:
+        import pyarrow as pa
+
         return pa.schema([pa.field(c.name, c.type.arrow) for c in self.file_columns])
 
     def polars_schema(self) -> dict[str, pl.DataType]:
@@ -205,26 +232,26 @@ def _ohlc_checks(o: str, h: str, lo: str, c: str) -> tuple[Check, ...]:
     return (
         Check(
             "missing price",
-            lambda: pl.any_horizontal(pl.col(x).is_null() | pl.col(x).is_nan() for x in prices),
+            lambda pl: pl.any_horizontal(pl.col(x).is_null() | pl.col(x).is_nan() for x in prices),
             " OR ".join(f"{x} IS NULL OR isnan({x})" for x in prices),
         ),
         Check(
             "non-positive price",
-            lambda: pl.any_horizontal(pl.col(x) <= 0 for x in prices),
+            lambda pl: pl.any_horizontal(pl.col(x) <= 0 for x in prices),
             " OR ".join(f"{x} <= 0" for x in prices),
         ),
-        Check("high below low", lambda: pl.col(h) < pl.col(lo), f"{h} < {lo}"),
+        Check("high below low", lambda pl: pl.col(h) < pl.col(lo), f"{h} < {lo}"),
         Check(
             "high below open or close",
-            lambda: pl.col(h) < pl.max_horizontal(o, c),
+            lambda pl: pl.col(h) < pl.max_horizontal(o, c),
             f"{h} < greatest({o}, {c})",
         ),
         Check(
             "low above open or close",
-            lambda: pl.col(lo) > pl.min_horizontal(o, c),
+            lambda pl: pl.col(lo) > pl.min_horizontal(o, c),
             f"{lo} > least({o}, {c})",
         ),
-        Check("negative volume", lambda: pl.col("volume") < 0, "volume < 0"),
+        Check("negative volume", lambda pl: pl.col("volume") < 0, "volume < 0"),
     )
 
 
@@ -296,8 +323,8 @@ def _statement(name: str, endpoint: str, fields: tuple[str, ...], what: str) -> 
         key=("symbol", "date", "period"),
         partition="ingest_date",
         checks=(
-            Check("missing period end", lambda: pl.col("date").is_null(), "date IS NULL"),
-            Check("missing period", lambda: pl.col("period").is_null(), "period IS NULL"),
+            Check("missing period end", lambda pl: pl.col("date").is_null(), "date IS NULL"),
+            Check("missing period", lambda pl: pl.col("period").is_null(), "period IS NULL"),
         ),
         prefer_newest="accepted_date",
     )
@@ -388,7 +415,7 @@ DATASETS: dict[str, Dataset] = {
             checks=(
                 Check(
                     "missing company name",
-                    lambda: pl.col("company_name").is_null(),
+                    lambda pl: pl.col("company_name").is_null(),
                     "company_name IS NULL",
                 ),
             ),

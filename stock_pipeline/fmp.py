@@ -1,4 +1,4 @@
-"""The FMP client: one pooled aiohttp session, pacing, retries, error mapping and URL redaction.
+"""The FMP client: one pooled aiohttp session, pacing, retries, error mapping, redacted URLs.
 
 This is the only module that speaks HTTP. It returns parsed JSON records or raises one of the
 `FmpError` subclasses from errors.py, always with the key redacted from every URL and message.
@@ -12,7 +12,6 @@ import json
 import logging
 import math
 import random
-import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -31,40 +30,16 @@ from stock_pipeline.errors import (
     FmpServerError,
     FmpTransportError,
 )
+from stock_pipeline.redaction import REDACTED, redact
 
 __all__ = [
-    "DEFAULT_BASE_URL",
-    "DEFAULT_RATE_LIMIT",
-    "PRICE_ROW_CAP",
     "FmpClient",
     "RequestPacer",
     "RequestStats",
     "RetryPolicy",
-    "default_concurrency",
-    "redact",
 ]
 
 log = logging.getLogger(__name__)
-
-DEFAULT_BASE_URL = "https://financialmodelingprep.com"
-#: Requests per minute on FMP's Starter plan.
-DEFAULT_RATE_LIMIT = 300
-#: FMP returns at most this many price rows per request and silently drops the rest.
-PRICE_ROW_CAP = 5000
-REDACTED = "***"
-#: Keys shorter than this are only redacted where they follow `apikey=`.
-MIN_SECRET_LENGTH = 8
-
-_KEY_IN_URL = re.compile(r"(?i)(apikey=)[^&\s\"'#]*")
-
-
-def redact(text: str, secret: str | None = None) -> str:
-    """`text` with every `apikey=` value and every occurrence of `secret` replaced by ***."""
-    text = _KEY_IN_URL.sub(rf"\g<1>{REDACTED}", text)
-    # A very short "key" (a demo value) would mangle ordinary words; URLs are covered above.
-    if secret and len(secret) >= MIN_SECRET_LENGTH:
-        text = text.replace(secret, REDACTED)
-    return text
 
 
 class _Send:
@@ -152,11 +127,6 @@ class RequestPacer:
         """Wait for the turn to send a request that is over as soon as it leaves."""
         entry = await self._wait_turn()
         self._finish(entry, entry.sent)
-
-
-def default_concurrency(rate_limit: int) -> int:
-    """Enough requests in flight to hold `rate_limit` per minute with answers taking up to 4 s."""
-    return min(64, max(8, math.ceil(rate_limit / 15)))
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)

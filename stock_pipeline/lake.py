@@ -24,12 +24,9 @@ import os
 import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
+from functools import cache
 from pathlib import Path
 from typing import TYPE_CHECKING, Any, Protocol
-
-import polars as pl
-import pyarrow as pa
-import pyarrow.parquet as pq
 
 from stock_pipeline.datasets import (
     INGESTED_AT_COLUMN,
@@ -38,7 +35,11 @@ from stock_pipeline.datasets import (
 )
 from stock_pipeline.errors import LakeError, LakeWriteError
 
+# polars and pyarrow load with the first file encoded or read, boto3 with the first S3 lake: listing
+# manifests for a dry run or a catch-up needs none of them.
 if TYPE_CHECKING:
+    import polars as pl
+    import pyarrow as pa
     from mypy_boto3_s3 import S3Client
 
 __all__ = [
@@ -66,7 +67,6 @@ DEFAULT_SSE = "AES256"
 RAW = "raw"
 QUARANTINE = "quarantine"
 RUNS = "_runs"
-_QUARANTINE_SCHEMA = pa.schema([pa.field(c.name, c.type.arrow) for c in QUARANTINE_COLUMNS])
 
 
 @dataclass(frozen=True, slots=True)
@@ -335,6 +335,8 @@ def manifest_path(run_id: str) -> str:
 
 def encode_parquet(table: pa.Table) -> bytes:
     """A zstd-compressed Parquet file with statistics, as Spark reads it natively."""
+    import pyarrow.parquet as pq
+
     buffer = io.BytesIO()
     pq.write_table(table, buffer, compression="zstd", coerce_timestamps="us")
     return buffer.getvalue()
@@ -365,8 +367,15 @@ def encode_partition(dataset: Dataset, frame: pl.DataFrame) -> bytes:
     return encode_parquet(to_arrow(frame, dataset.arrow_schema()))
 
 
+@cache
+def _quarantine_schema() -> pa.Schema:
+    import pyarrow as pa
+
+    return pa.schema([pa.field(c.name, c.type.arrow) for c in QUARANTINE_COLUMNS])
+
+
 def encode_quarantine(frame: pl.DataFrame) -> bytes:
-    return encode_parquet(to_arrow(frame, _QUARANTINE_SCHEMA))
+    return encode_parquet(to_arrow(frame, _quarantine_schema()))
 
 
 def write_manifest(lake: Lake, manifest: dict[str, Any]) -> StoredFile:
@@ -399,6 +408,10 @@ def read_partition_file(
     lake: Lake, dataset: Dataset, path: str, *, quarantine: bool = False
 ) -> pl.DataFrame:
     """One lake file with its partition column typed from the path, as Hive-aware readers see it."""
+    import polars as pl
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     column = partition_column(dataset, quarantine=quarantine)
     value = next(p.split("=", 1)[1] for p in path.split("/") if p.startswith(f"{column}="))
     try:
@@ -414,6 +427,8 @@ def read_dataset(
 ) -> pl.DataFrame:
     """A dataset as readers should see it: every file, the partition column typed from the path,
     and (with `latest`) one row per key, the newest `_ingested_at` winning."""
+    import polars as pl
+
     column = partition_column(dataset, quarantine=quarantine)
     frames = [
         read_partition_file(lake, dataset, path, quarantine=quarantine)

@@ -158,7 +158,7 @@ def _reasons(
         (f"unreadable {name}", pl.lit(mask)) for name, mask in unreadable.items()
     ]
     rules += [(f"missing {key}", pl.col(key).is_null()) for key in dataset.key]
-    rules += [(check.reason, check.violated()) for check in dataset.checks]
+    rules += [(check.reason, check.expression()) for check in dataset.checks]
     if dataset.kind == "prices":
         day = pl.col("date")
         if ctx.start is not None:

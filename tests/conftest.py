@@ -14,6 +14,7 @@ import boto3
 import pytest
 from moto.server import ThreadedMotoServer
 
+from stock_pipeline import market_calendar
 from stock_pipeline.lake import LocalLake
 from stock_pipeline.simulator import FmpSimulator, SimulatorConfig, serve
 from tests.medallion_lake import MedallionLake, write_run_1, write_run_2
@@ -47,6 +48,9 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
     monkeypatch.setenv("AWS_CONFIG_FILE", str(tmp_path / "no-aws-config"))
     monkeypatch.setenv("AWS_SHARED_CREDENTIALS_FILE", str(tmp_path / "no-aws-credentials"))
     monkeypatch.setenv("COLUMNS", "200")
+    # The CLI caches the NYSE calendar; never in the developer's home, never across tests.
+    monkeypatch.setenv("STOCK_PIPELINE_CACHE_DIR", str(tmp_path / "cache"))
+    monkeypatch.setattr(market_calendar, "_cache_dir", None)
     monkeypatch.chdir(tmp_path)
 
 

@@ -23,7 +23,8 @@ import pytest
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.fmp import FmpClient, RequestPacer, RetryPolicy
 from stock_pipeline.lake import LocalLake, encode_partition, partition_path, read_dataset
-from stock_pipeline.pipeline import plan_run, run_ingest
+from stock_pipeline.pipeline import run_ingest
+from stock_pipeline.plan import plan_run
 from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
 from tests.support import API_KEY
 
@@ -127,7 +128,7 @@ def expected_silver(lake: LocalLake, dataset: str) -> pl.DataFrame:
     data = DATASETS[dataset]
     frame = read_dataset(lake, data, latest=False)
     for check in data.checks:
-        frame = frame.filter(~check.violated().fill_null(False))
+        frame = frame.filter(~check.expression().fill_null(False))
     return (
         frame.sort("_ingested_at", descending=True, maintain_order=True)
         .unique(subset=list(data.key), keep="first", maintain_order=True)

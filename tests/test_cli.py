@@ -14,6 +14,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stock_pipeline.cli import app
+from stock_pipeline.config import read_tickers
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.errors import ExitCode
 from stock_pipeline.lake import LocalLake, read_dataset, read_manifests
@@ -127,6 +128,17 @@ def test_missing_tickers_file_exits_2(tmp_path: Path) -> None:
     )
     assert code == ExitCode.USAGE
     assert "tickers file not found" in output
+
+
+def test_ingest_outside_a_clone_names_the_flag_and_the_bundled_list(tmp_path: Path) -> None:
+    # The working directory (tmp_path) has no config/tickers.csv, as after `pip install`.
+    code, output = invoke("ingest", "--dry-run", env={"COLUMNS": "1000"})
+    assert code == ExitCode.USAGE
+    assert f"tickers file not found: config/tickers.csv (looked in {tmp_path})" in output
+    bundled = re.search(r"--tickers-path (\S+dow30\.csv)", output)
+    assert bundled, output
+    assert len(read_tickers(Path(bundled.group(1)))) == 30
+    assert not (tmp_path / "lake").exists()
 
 
 def test_unknown_dataset_exits_2(tmp_path: Path) -> None:
@@ -289,6 +301,42 @@ def test_installed_entry_points_answer(argv: list[str]) -> None:
     assert "--lake" in done.stdout or "ingest" in done.stdout
 
 
+#: What `--help` and a dry run must not load: each takes a tenth of a second or more to import.
+HEAVY_MODULES = ("aiohttp", "boto3", "duckdb", "numpy", "pandas", "polars", "pyarrow", "sqlglot")
+_LOADED_AFTER_MAIN = """
+import sys
+from stock_pipeline.cli import main
+sys.argv[0] = "stock-pipeline"
+try:
+    main()
+except SystemExit as exit:
+    print("exit", exit.code, file=sys.stderr)
+print("loaded", *sorted(m for m in HEAVY if m in sys.modules), file=sys.stderr)
+"""
+
+
+def _heavy_modules_loaded(*argv: str) -> list[str]:
+    script = f"HEAVY = {HEAVY_MODULES!r}\n{_LOADED_AFTER_MAIN}"
+    done = subprocess.run(
+        [sys.executable, "-c", script, *argv], capture_output=True, text=True, timeout=60
+    )
+    lines = done.stderr.splitlines()
+    assert lines[-2] == "exit 0", done.stderr
+    return lines[-1].split()[1:]
+
+
+@pytest.mark.parametrize("argv", [["--help"], ["ingest", "--help"], ["demo", "--help"]])
+def test_help_loads_no_heavy_module(argv: list[str]) -> None:
+    assert _heavy_modules_loaded(*argv) == []
+
+
+def test_a_dry_run_loads_no_heavy_module_once_the_calendar_is_cached(tmp_path: Path) -> None:
+    tickers = write_tickers(tmp_path / "t.csv", "AAPL", "MSFT")
+    argv = ["ingest", "--tickers-path", str(tickers), "--backfill-days", "600", "--dry-run"]
+    assert "pandas" in _heavy_modules_loaded(*argv)  # the first run computes the calendar
+    assert _heavy_modules_loaded(*argv) == []
+
+
 def test_ingest_shortcut_runs_a_dry_run(tmp_path: Path) -> None:
     tickers = write_tickers(tmp_path / "t.csv", "AAPL")
     done = subprocess.run(
@@ -312,6 +360,17 @@ def test_demo_runs_end_to_end_without_a_key(tmp_path: Path) -> None:
     assert read_dataset(lake, DATASETS["balance_sheet"]).height > 0
     assert "FMP simulator listening on http://127.0.0.1:" in output
     assert str((tmp_path / "demo").resolve()) in output
+
+
+def test_demo_runs_from_any_directory_on_the_bundled_dow_members(tmp_path: Path) -> None:
+    # The working directory (tmp_path) holds nothing: no config/, no tickers file.
+    code, output = invoke("demo", "--backfill-days", "2")
+    assert code == ExitCode.OK, output
+    lake = LocalLake(tmp_path / "demo-lake")
+    (manifest,) = read_manifests(lake)
+    assert len(manifest["symbols"]) == 30
+    assert {"AAPL", "MSFT", "JPM"} <= set(manifest["symbols"])
+    assert read_dataset(lake, DATASETS["prices"]).height == 60
 
 
 def test_catch_up_moves_past_symbols_fmp_refuses_for_good(tmp_path: Path) -> None:

@@ -41,8 +41,32 @@ def test_quick_start_has_exactly_two_commands() -> None:
     section = README.split("## Quick start", 1)[1].split("\n## ", 1)[0]
     blocks = re.findall(r"```bash\n(.*?)```", section, flags=re.S)
     assert [b.strip() for b in blocks] == [
-        "python3 -m venv .venv && .venv/bin/pip install -e '.[dev]' && .venv/bin/stock-pipeline demo",
+        "python3 -m venv .venv && .venv/bin/pip install uv && .venv/bin/uv sync --locked"
+        " --all-extras && .venv/bin/stock-pipeline demo",
         ".venv/bin/python -m pytest",
     ]
     ci = (REPO / ".ci" / "run").read_text()
     assert ".venv/bin/python -m pytest" in ci
+    assert ".venv/bin/uv sync --locked --all-extras" in ci
+
+
+def _uv_versions(text: str) -> set[str]:
+    """uv pinned with pip (`uv==X`) or in setup-uv's `version: "X"`."""
+    return set(
+        re.findall(r"uv==([0-9][0-9.]*)", text)
+        + re.findall(r'^\s*version: "([0-9.]+)"', text, re.M)
+    )
+
+
+def test_ci_the_nightly_and_the_upstream_job_install_from_the_lock_with_one_uv() -> None:
+    workflows = REPO / ".github" / "workflows"
+    nightly = (workflows / "nightly-ingest.yml").read_text()
+    assert "uv sync --locked --no-dev --no-editable" in nightly  # the core install, locked
+    assert "pip install" not in nightly
+    texts = [
+        (REPO / ".ci" / "run").read_text(),
+        nightly,
+        (workflows / "upstream.yml").read_text(),
+    ]
+    assert [len(_uv_versions(t)) for t in texts] == [1, 1, 1]
+    assert len(set().union(*(_uv_versions(t) for t in texts))) == 1

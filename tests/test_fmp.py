@@ -30,7 +30,8 @@ from stock_pipeline.errors import (
     FmpServerError,
     FmpTransportError,
 )
-from stock_pipeline.fmp import FmpClient, RequestPacer, RequestStats, RetryPolicy, redact
+from stock_pipeline.fmp import FmpClient, RequestPacer, RequestStats, RetryPolicy
+from stock_pipeline.redaction import redact
 from stock_pipeline.simulator import LEGACY_MESSAGE, Fault, FaultKind
 from tests.support import API_KEY, assert_no_secret
 

@@ -3,9 +3,15 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
+import subprocess
+import sys
+from collections.abc import Iterator
+from pathlib import Path
 
 import pytest
 
+from stock_pipeline import market_calendar
 from stock_pipeline.market_calendar import (
     DEFAULT_CLOSE_BUFFER,
     NEW_YORK,
@@ -180,3 +186,64 @@ def test_sessions_between_with_end_before_start_is_empty() -> None:
 
 def test_a_full_year_has_about_252_sessions() -> None:
     assert 248 <= len(sessions_between(dt.date(2025, 1, 1), dt.date(2025, 12, 31))) <= 254
+
+
+@pytest.fixture
+def calendar_cache(tmp_path: Path) -> Iterator[Path]:
+    """A cache folder, with the in-process memory of computed years emptied before and after."""
+    market_calendar._year.cache_clear()
+    market_calendar.use_cache_dir(tmp_path / "calendar")
+    yield tmp_path / "calendar"
+    market_calendar._year.cache_clear()
+
+
+def _cached_year(cache: Path, year: int) -> Path:
+    (path,) = cache.glob(f"nyse-pandas-market-calendars-*/{year}.json")
+    return path
+
+
+def test_a_cached_year_equals_the_calendar_it_came_from(calendar_cache: Path) -> None:
+    computed = market_calendar._compute_year(2024)
+    assert sessions_between(dt.date(2024, 1, 1), dt.date(2024, 12, 31)) == [d for d, _ in computed]
+    stored = json.loads(_cached_year(calendar_cache, 2024).read_text())["sessions"]
+    assert len(stored) == 252
+    market_calendar._year.cache_clear()  # as a new process would: read the file back
+    assert market_calendar._year(2024) == computed
+    # 2024-07-03 closed early, at 13:00 in New York.
+    closes = dict(market_calendar._year(2024))
+    assert closes[dt.date(2024, 7, 3)] == dt.datetime(2024, 7, 3, 13, tzinfo=NEW_YORK)
+
+
+@pytest.mark.parametrize(
+    "damage",
+    ["{not json", '{"sessions": []}', '{"sessions": [["2023-01-03", "2023-01-03T21:00:00"]]}'],
+)
+def test_a_damaged_cache_file_is_computed_again(calendar_cache: Path, damage: str) -> None:
+    sessions_between(dt.date(2024, 1, 1), dt.date(2024, 1, 31))
+    path = _cached_year(calendar_cache, 2024)
+    path.write_text(damage)
+    market_calendar._year.cache_clear()
+    assert sessions_between(dt.date(2024, 1, 1), dt.date(2024, 1, 5)) == [
+        dt.date(2024, 1, 2), dt.date(2024, 1, 3), dt.date(2024, 1, 4), dt.date(2024, 1, 5)
+    ]  # fmt: skip
+    assert len(json.loads(path.read_text())["sessions"]) == 252
+
+
+def test_an_unwritable_cache_folder_only_costs_time(calendar_cache: Path) -> None:
+    calendar_cache.write_text("a file where the folder should be")
+    assert len(sessions_between(dt.date(2024, 1, 1), dt.date(2024, 12, 31))) == 252
+
+
+def test_a_warm_cache_answers_without_pandas(calendar_cache: Path) -> None:
+    expected = recent_sessions(dt.date(2025, 3, 14), 600)
+    script = (
+        "import datetime as dt, pathlib, sys\n"
+        "from stock_pipeline import market_calendar as m\n"
+        f"m.use_cache_dir(pathlib.Path({str(calendar_cache)!r}))\n"
+        "days = m.recent_sessions(dt.date(2025, 3, 14), 600)\n"
+        "print(days[0], days[-1], len(days), 'pandas' in sys.modules)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script], capture_output=True, text=True, check=True, timeout=60
+    )
+    assert done.stdout.split() == [str(expected[0]), str(expected[-1]), "600", "False"]

@@ -15,7 +15,8 @@ import random
 import aiotools
 import pytest
 
-from stock_pipeline.fmp import RequestPacer, default_concurrency
+from stock_pipeline.config import default_concurrency
+from stock_pipeline.fmp import RequestPacer
 
 WINDOW = 60.0
 

@@ -21,7 +21,8 @@ from stock_pipeline.errors import ExitCode, FmpAuthError, LakeWriteError
 from stock_pipeline.fmp import FmpClient, RequestPacer, RetryPolicy
 from stock_pipeline.lake import LocalLake, S3Lake, StoredFile, read_dataset, read_manifests
 from stock_pipeline.market_calendar import sessions_between
-from stock_pipeline.pipeline import RunReport, plan_run, run_ingest
+from stock_pipeline.pipeline import RunReport, run_ingest
+from stock_pipeline.plan import plan_run
 from stock_pipeline.simulator import Fault
 from tests.conftest import SimulatorFactory
 from tests.support import API_KEY, all_text_under, assert_no_secret
