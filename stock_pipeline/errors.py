@@ -8,7 +8,7 @@
     │   └── QueryError        exit 2   a --query that does not run on the built tables
     └── FmpError              exit 1   one FMP request failed (raised by fmp.py, recorded per request)
         ├── FmpAuthError      exit 3   the key was refused (401, or 403 on a legacy endpoint): abort
-        ├── FmpPlanError      exit 1   402: a symbol, parameter or endpoint is outside the plan
+        ├── FmpPlanError      exit 1   a plan refusal (402): a symbol, a parameter or an endpoint
         ├── FmpRateLimitError exit 1   429 or a "Limit Reach" body, after retries
         ├── FmpServerError    exit 1   5xx after retries
         ├── FmpTransportError exit 1   timeouts and dropped connections after retries
@@ -39,6 +39,7 @@ __all__ = [
     "LakeError",
     "LakeWriteError",
     "LakehouseError",
+    "PlanScope",
     "QueryError",
     "StockPipelineError",
 ]
@@ -136,21 +137,44 @@ class FmpAuthError(FmpError):
     exit_code = ExitCode.AUTH
 
 
+#: What a plan refusal covers: one symbol, the whole dataset (its endpoint or a parameter every
+#: request sends), or not known yet (a wording no rule recognizes; the pipeline decides).
+PlanScope = Literal["symbol", "dataset", "unknown"]
+
+
 class FmpPlanError(FmpError):
-    """A 402: the symbol, a parameter or the whole endpoint is not in the subscription."""
+    """A plan refusal (usually a 402): the symbol, a parameter or the whole endpoint is not in the
+    subscription. `scope` is what it covers and `rule` the rule that decided it."""
 
     def __init__(
         self,
         message: str,
         *,
-        scope: Literal["symbol", "dataset"],
+        scope: PlanScope,
+        rule: str,
         url: str | None = None,
         status: int | None = None,
         dataset: str | None = None,
         symbol: str | None = None,
     ) -> None:
-        super().__init__(message, url=url, status=status, dataset=dataset, symbol=symbol)
+        super().__init__(
+            f"{message} [{rule}]", url=url, status=status, dataset=dataset, symbol=symbol
+        )
+        self.refusal = message
         self.scope = scope
+        self.rule = rule
+
+    def settled(self, scope: Literal["symbol", "dataset"], rule: str) -> FmpPlanError:
+        """The same refusal with its scope decided by `rule`."""
+        return FmpPlanError(
+            self.refusal,
+            scope=scope,
+            rule=rule,
+            url=self.url,
+            status=self.status,
+            dataset=self.dataset,
+            symbol=self.symbol,
+        )
 
 
 class FmpRateLimitError(FmpError):

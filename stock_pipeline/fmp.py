@@ -12,6 +12,7 @@ import json
 import logging
 import math
 import random
+import re
 from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
@@ -29,17 +30,54 @@ from stock_pipeline.errors import (
     FmpResponseError,
     FmpServerError,
     FmpTransportError,
+    PlanScope,
 )
 from stock_pipeline.redaction import REDACTED, redact
 
 __all__ = [
+    "PROBE_SYMBOL",
     "FmpClient",
     "RequestPacer",
     "RequestStats",
     "RetryPolicy",
+    "classify_plan_refusal",
 ]
 
 log = logging.getLogger(__name__)
+
+#: A symbol every FMP plan serves on every endpoint used here (the free plan's sample symbols
+#: include it). The pipeline asks for it to tell an endpoint's refusal from a symbol's.
+PROBE_SYMBOL = "AAPL"
+
+# Phrases only FMP's plan refusals use: a body with one of them is a refusal whatever its status.
+_PLAN_REFUSAL = re.compile(
+    r"(?i)premium query parameter|\b(?:restricted|exclusive|special) endpoint\b"
+    r"|under your current subscription"
+)
+_ENDPOINT_REFUSAL = re.compile(r"(?i)\b(restricted|exclusive) endpoint\b")
+_PARAMETER_REFUSAL = re.compile(r"(?i)\bvalues? (?:set )?for '([a-z_]\w*)'")
+
+
+def classify_plan_refusal(text: str, params: Mapping[str, str]) -> tuple[PlanScope, str]:
+    """What a plan refusal covers, from its wording alone, and the rule that says so.
+
+    Only a wording that names the endpoint (Restricted or Exclusive Endpoint) or a parameter that
+    the request sent, other than the symbol, refuses the whole dataset. One that names the symbol
+    refuses the symbol. Any other wording is "unknown": FMP's wording varies between plans,
+    endpoints and over time, so the pipeline decides those (see `PROBE_SYMBOL`) instead of a guess.
+    """
+    if match := _ENDPOINT_REFUSAL.search(text):
+        return "dataset", f"endpoint refusal: '{match.group(1).title()} Endpoint'"
+    if match := _PARAMETER_REFUSAL.search(text):
+        name = match.group(1)
+        if name == "symbol":
+            return "symbol", "symbol refusal: the value set for 'symbol'"
+        if name in params:
+            return "dataset", f"parameter refusal: '{name}={params[name]}'"
+    symbol = params.get("symbol")
+    if symbol and re.search(rf"['\"]{re.escape(symbol)}['\"]", text, re.IGNORECASE):
+        return "symbol", f"symbol refusal: names '{symbol}'"
+    return "unknown", "unknown wording"
 
 
 class _Send:
@@ -192,17 +230,32 @@ class FmpClient:
         return f"{self.base_url}/stable/{endpoint}?{query}"
 
     async def fetch_records(
-        self, endpoint: str, params: Mapping[str, str], *, dataset: str, symbol: str | None = None
+        self,
+        endpoint: str,
+        params: Mapping[str, str],
+        *,
+        dataset: str,
+        symbol: str | None = None,
+        urgent: bool = False,
+        gate: Callable[[], Awaitable[None]] | None = None,
     ) -> list[dict[str, Any]]:
-        """The endpoint's JSON array, retried on transient failures; [] means "no data"."""
+        """The endpoint's JSON array, retried on transient failures; [] means "no data".
+
+        `urgent` skips the queue for a request slot (it is still paced): for the one request whose
+        answer decides whether the queued ones are sent at all. `gate`, when given, is awaited
+        once a slot is free and before the request is paced, so the caller can hold it there.
+        """
         stats = self.stats.setdefault(dataset, RequestStats())
         attempt = 0
         while True:
             attempt += 1
             try:
-                async with self._slots, self.pacer.slot():
-                    stats.requests += 1
-                    return await self._fetch_once(endpoint, params, dataset, symbol)
+                async with contextlib.nullcontext() if urgent else self._slots:
+                    if gate is not None:
+                        await gate()
+                    async with self.pacer.slot():
+                        stats.requests += 1
+                        return await self._fetch_once(endpoint, params, dataset, symbol)
             except FmpError as error:
                 if isinstance(error, FmpRateLimitError):
                     stats.rate_limited += 1
@@ -240,10 +293,15 @@ class FmpClient:
             detail = redact(f"{type(error).__name__}: {error}", self.api_key)
             raise FmpTransportError(f"connection to FMP failed: {detail}", **where) from None
         text = body.decode("utf-8", errors="replace")
-        return self._interpret(status, headers, text, where)
+        return self._interpret(status, headers, text, params, where)
 
     def _interpret(
-        self, status: int, headers: Mapping[str, str], text: str, where: dict[str, Any]
+        self,
+        status: int,
+        headers: Mapping[str, str],
+        text: str,
+        params: Mapping[str, str],
+        where: dict[str, Any],
     ) -> list[dict[str, Any]]:
         def excerpt() -> str:
             # Redact before cutting: a cut inside the key would let its first characters through.
@@ -258,18 +316,18 @@ class FmpClient:
             )
         if status == 401 or "Invalid API KEY" in text:
             raise FmpAuthError("FMP refused the API key; check FMP_API_KEY", status=status, **where)
+        # A data answer is a JSON array; refusal wording counts under any status but never there.
+        if "Legacy Endpoint" not in text and (
+            status == 402 or (not text.lstrip().startswith("[") and _PLAN_REFUSAL.search(text))
+        ):
+            scope, rule = classify_plan_refusal(text, params)
+            raise FmpPlanError(
+                f"not in the FMP plan: {excerpt()}", scope=scope, rule=rule, status=status, **where
+            )
         if status == 403:
             raise FmpAuthError(
                 f"FMP refused access ({excerpt()}); keys created after 2025-08-31 only work on the "
                 "stable API",
-                status=status,
-                **where,
-            )
-        if status == 402:
-            symbol_scope = "Special Endpoint" in text and "'symbol'" in text
-            raise FmpPlanError(
-                f"not in the FMP plan: {excerpt()}",
-                scope="symbol" if symbol_scope else "dataset",
                 status=status,
                 **where,
             )

@@ -29,7 +29,7 @@ from stock_pipeline.errors import (
     FmpUnreachableError,
     LakeError,
 )
-from stock_pipeline.fmp import FmpClient
+from stock_pipeline.fmp import PROBE_SYMBOL, FmpClient
 from stock_pipeline.lake import (
     Lake,
     StoredFile,
@@ -71,6 +71,8 @@ class Failure:
     status: int | None = None
     #: Whether the next catch-up run should fetch it again (False: the plan or FMP refuses it).
     retryable: bool = True
+    #: For plan refusals: the rule that decided whether the symbol or the whole dataset failed.
+    rule: str | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -190,8 +192,15 @@ class _DatasetState:
     failed_symbols: set[str] = field(default_factory=set)
     symbols_with_rows: set[str] = field(default_factory=set)
     dead: FmpPlanError | None = None
+    #: The one request that decides a refusal worded in a way no rule knows (see `_settle`).
+    probe: asyncio.Task[str] | None = None
     finished: float = 0.0
     tasks: list[asyncio.Task[None]] = field(default_factory=list)
+
+    async def probe_settled(self) -> None:
+        """Hold a request while a probe decides whether this dataset's requests are sent at all."""
+        if self.probe is not None and not self.probe.done():
+            await asyncio.wait([self.probe])
 
     def give_up(self, error: FmpPlanError) -> None:
         """FMP refused the whole endpoint: stop the requests still waiting to be sent."""
@@ -254,8 +263,9 @@ class _Run:
             type(error) is FmpError and status is not None and 400 <= status < 500
         )
         message = str(error) if isinstance(error, FmpError) else f"unexpected {reason}: {error}"
+        rule = error.rule if isinstance(error, FmpPlanError) else None
         self.failures.append(
-            Failure(state.dataset.name, symbol, reason, message, status, retryable)
+            Failure(state.dataset.name, symbol, reason, message, status, retryable, rule)
         )
         if symbol is not None:
             state.failed_symbols.add(symbol)
@@ -265,9 +275,14 @@ class _Run:
         params = dict(request.params)
         if window:
             params["from"], params["to"] = str(window[0]), str(window[-1])
-        dataset = self.states[request.dataset].dataset
+        state = self.states[request.dataset]
+        dataset = state.dataset
         records = await self.client.fetch_records(
-            dataset.endpoint, params, dataset=dataset.name, symbol=request.symbol
+            dataset.endpoint,
+            params,
+            dataset=dataset.name,
+            symbol=request.symbol,
+            gate=state.probe_settled,
         )
         if window and len(records) >= self.max_price_rows:
             if len(window) < 2:
@@ -285,13 +300,69 @@ class _Run:
             return older + newer
         return records
 
+    async def _settle(
+        self, state: _DatasetState, request: Request, error: FmpPlanError
+    ) -> FmpPlanError:
+        """Decide a refusal whose wording no rule knows: the symbol's, unless the endpoint itself
+        is refused, which one request for a symbol every plan serves tells for sure."""
+        if state.ok_symbols:
+            return error.settled("symbol", "unknown wording; the endpoint answered other symbols")
+        if request.symbol == PROBE_SYMBOL:
+            return error.settled(
+                "dataset", f"unknown wording; refused for {PROBE_SYMBOL}, which every plan serves"
+            )
+        if state.probe is None:
+            state.probe = asyncio.create_task(self._probe(state, request, error))
+        # Shielded: a request cancelled while it waits must not cancel the probe the others await.
+        # An endpoint refusal never returns here: the probe gives the dataset up, cancelling this.
+        rule = await asyncio.shield(state.probe)
+        return error.settled("symbol", rule)
+
+    async def _probe(self, state: _DatasetState, request: Request, error: FmpPlanError) -> str:
+        """Ask for `PROBE_SYMBOL` with the refused request's parameters; give the dataset up if it
+        is refused too, else return the rule that makes the refusal the symbol's."""
+        dataset = state.dataset
+        params = {**dict(request.params), "symbol": PROBE_SYMBOL}
+        try:
+            await self.client.fetch_records(
+                dataset.endpoint, params, dataset=dataset.name, symbol=PROBE_SYMBOL, urgent=True
+            )
+        except FmpPlanError:
+            rule = (
+                f"unknown wording; probe: {PROBE_SYMBOL}, which every plan serves, was refused too"
+            )
+            log.info("%s: the endpoint is not in the plan (%s)", dataset.name, rule)
+            state.give_up(error.settled("dataset", rule))
+            return rule
+        except FmpAuthError:
+            raise
+        except FmpError as failed:
+            rule = (
+                f"unknown wording; probe on {PROBE_SYMBOL} inconclusive ({type(failed).__name__})"
+            )
+        else:
+            rule = f"unknown wording; probe: {PROBE_SYMBOL} answered, so the endpoint is served"
+        log.info("%s: a refusal is the symbol's (%s)", dataset.name, rule)
+        return rule
+
+    async def _fetch_or_refusal(
+        self, state: _DatasetState, request: Request
+    ) -> list[dict[str, Any]]:
+        """`_fetch`, with a plan refusal's scope decided before it is raised."""
+        try:
+            return await self._fetch(request, request.window)
+        except FmpPlanError as error:
+            if error.scope != "unknown":
+                raise
+            raise await self._settle(state, request, error) from None
+
     async def _run_request(self, request: Request) -> None:
         state = self.states[request.dataset]
         try:
             if state.dead is not None:
                 self._fail(state, request.symbol, state.dead)
                 return
-            records = await self._fetch(request, request.window)
+            records = await self._fetch_or_refusal(state, request)
         except FmpAuthError:
             raise
         except asyncio.CancelledError:
@@ -435,8 +506,15 @@ class _Run:
             )
             return summary, gaps
 
-        async with asyncio.TaskGroup() as group:
-            tasks = [group.create_task(one_dataset(name)) for name in self.plan.datasets]
+        try:
+            async with asyncio.TaskGroup() as group:
+                tasks = [group.create_task(one_dataset(name)) for name in self.plan.datasets]
+        finally:
+            # A probe whose waiters were all cancelled (the dataset failed for another reason, or
+            # the run aborted) has nothing left to decide.
+            for state in self.states.values():
+                if state.probe is not None and not state.probe.done():
+                    state.probe.cancel()
         results = [t.result() for t in tasks]
         gaps = {name: g for name, (_, g) in zip(self.plan.datasets, results, strict=True) if g}
         return [s for s, _ in results], gaps

@@ -37,6 +37,7 @@ __all__ = [
     "FaultKind",
     "FmpSimulator",
     "RecordedRequest",
+    "Refusal",
     "SimulatorConfig",
     "SimulatorThread",
     "main",
@@ -311,6 +312,26 @@ class Fault:
 
 
 @dataclass(frozen=True, kw_only=True)
+class Refusal:
+    """How the simulated plan words a refusal. FMP's wording varies between plans, endpoints and
+    over time, and the same text has come under other statuses; `{symbol}` in `text` is replaced
+    by the requested symbol. `as_json` sends `{"Error Message": text}` instead of plain text."""
+
+    text: str
+    status: int = 402
+    as_json: bool = False
+
+    def response(self, symbol: str) -> web.Response:
+        text = self.text.replace("{symbol}", symbol)
+        if self.as_json:
+            return _error(self.status, text)
+        # FMP sends these as plain text but labels them JSON; clients must read the text first.
+        return web.Response(
+            status=self.status, body=text.encode(), headers={"Content-Type": JSON_CONTENT_TYPE}
+        )
+
+
+@dataclass(frozen=True, kw_only=True)
 class SimulatorConfig:
     """What the simulated account and market look like; `today=None` means today in New York."""
 
@@ -323,6 +344,9 @@ class SimulatorConfig:
     unknown_symbols: frozenset[str] = frozenset()
     plan_gated_symbols: frozenset[str] = frozenset()
     gated_endpoints: frozenset[str] = frozenset()
+    #: What `plan_gated_symbols` and `gated_endpoints` get back.
+    symbol_refusal: Refusal = Refusal(text=PREMIUM_SYMBOL_TEXT)
+    endpoint_refusal: Refusal = Refusal(text=RESTRICTED_ENDPOINT_TEXT)
     faults: Mapping[str, tuple[Fault, ...]] = field(default_factory=dict)
     today: date | None = None
 
@@ -366,8 +390,7 @@ def _error(status: int, message: str) -> web.Response:
 
 
 def _plain_402(text: str) -> web.Response:
-    # FMP sends these as plain text but labels them JSON; clients must read the text first.
-    return web.Response(status=402, body=text.encode(), headers={"Content-Type": JSON_CONTENT_TYPE})
+    return Refusal(text=text).response("")
 
 
 # --------------------------------------------------------------------------- prices
@@ -1206,15 +1229,15 @@ class FmpSimulator:
                 f"Invalid endpoint: '{path}'. See the documentation at "
                 "https://site.financialmodelingprep.com/developer/docs",
             )
-        if endpoint in config.gated_endpoints:
-            return _plain_402(RESTRICTED_ENDPOINT_TEXT)
         symbol = params.get("symbol", "")
+        if endpoint in config.gated_endpoints:
+            return config.endpoint_refusal.response(symbol)
         if not symbol:
             return _error(400, "Invalid or missing query parameter - symbol")
         if "," in symbol:
             return _json_response(200, [])
         if symbol in config.plan_gated_symbols:
-            return _plain_402(PREMIUM_SYMBOL_TEXT)
+            return config.symbol_refusal.response(symbol)
 
         faults = self._take_faults(symbol, endpoint)
         kinds = frozenset(fault.kind for fault in faults)

@@ -18,7 +18,7 @@ from stock_pipeline.config import read_tickers
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.errors import ExitCode
 from stock_pipeline.lake import LocalLake, read_dataset, read_manifests
-from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
+from stock_pipeline.simulator import Fault, Refusal, SimulatorConfig, SimulatorThread
 from tests.support import API_KEY, all_text_under, assert_no_secret, files_under
 
 if TYPE_CHECKING:
@@ -89,6 +89,37 @@ def test_partial_failure_exits_1_and_keeps_the_rest(tmp_path: Path) -> None:
     assert failed == {("prices", "GATED"), ("profile", "GATED")}
     assert manifest["summary"]["prices"]["symbols_failed"] == 1
     assert "GATED" in output
+    assert_no_secret(output + all_text_under(tmp_path / "lake"))
+
+
+def test_a_symbol_refused_in_an_unfamiliar_wording_costs_that_symbol_alone(tmp_path: Path) -> None:
+    symbols = ("MSFT", "AMZN", "KO", "JPM", "IBM", "WMT")
+    tickers = write_tickers(tmp_path / "t.csv", *symbols)
+    config = SimulatorConfig(
+        api_key=API_KEY,
+        plan_gated_symbols=frozenset({"AMZN"}),
+        symbol_refusal=Refusal(text="Sorry, this ticker needs the Ultimate plan."),
+    )
+    with SimulatorThread(config) as sim:
+        code, output = invoke(
+            *ingest_args(sim.url, tmp_path / "lake", tickers), env={"FMP_API_KEY": API_KEY}
+        )
+    assert code == ExitCode.PARTIAL, output
+    lake = LocalLake(tmp_path / "lake")
+    [manifest] = read_manifests(lake)
+    # Every request for AMZN failed (prices, two periods of three statements, profile), each with
+    # the rule that made it the symbol's; nothing else failed.
+    assert [(f["dataset"], f["symbol"]) for f in manifest["failures"]].count(
+        ("prices", "AMZN")
+    ) == 1
+    assert len(manifest["failures"]) == 8
+    assert {f["symbol"] for f in manifest["failures"]} == {"AMZN"}
+    assert all(f["rule"].startswith("unknown wording; ") for f in manifest["failures"])
+    others = set(symbols) - {"AMZN"}
+    for name in manifest["datasets"]:
+        assert set(read_dataset(lake, DATASETS[name])["symbol"]) == others, name
+        assert manifest["summary"][name]["symbols_ok"] == len(others)
+    assert "AMZN" in output
     assert_no_secret(output + all_text_under(tmp_path / "lake"))
 
 

@@ -8,8 +8,10 @@ from __future__ import annotations
 
 import asyncio
 import itertools
+import json
 import math
 import random
+import re
 import socket
 from collections.abc import AsyncIterator, Awaitable, Callable
 from contextlib import asynccontextmanager
@@ -19,6 +21,8 @@ import aiohttp
 import aiotools
 import pytest
 from aiohttp import web
+from hypothesis import given
+from hypothesis import strategies as st
 
 from stock_pipeline.errors import (
     ExitCode,
@@ -30,10 +34,16 @@ from stock_pipeline.errors import (
     FmpServerError,
     FmpTransportError,
 )
-from stock_pipeline.fmp import FmpClient, RequestPacer, RequestStats, RetryPolicy
+from stock_pipeline.fmp import (
+    FmpClient,
+    RequestPacer,
+    RequestStats,
+    RetryPolicy,
+    classify_plan_refusal,
+)
 from stock_pipeline.redaction import redact
-from stock_pipeline.simulator import LEGACY_MESSAGE, Fault, FaultKind
-from tests.support import API_KEY, assert_no_secret
+from stock_pipeline.simulator import LEGACY_MESSAGE, Fault, FaultKind, Refusal
+from tests.support import API_KEY, REPO, assert_no_secret
 
 if TYPE_CHECKING:
     from tests.conftest import SimulatorFactory
@@ -635,3 +645,111 @@ async def test_pacer_counts_a_slow_request_from_when_its_answer_came_back() -> N
 
 def test_a_short_key_is_redacted_in_urls_but_leaves_words_alone() -> None:
     assert redact("./demo-lake and ?apikey=demo&x=1", "demo") == "./demo-lake and ?apikey=***&x=1"
+
+
+REFUSALS: list[dict[str, Any]] = json.loads(
+    (REPO / "tests" / "fixtures" / "fmp" / "plan_refusals.json").read_text()
+)["refusals"]
+MARKED = [r for r in REFUSALS if r["marked"]]
+UNMARKED = [r for r in REFUSALS if not r["marked"]]
+STATEMENT_PARAMS = {"symbol": "AMZN", "period": "quarter", "limit": "10"}
+
+
+def _refusal(entry: dict[str, Any], status: int = 402) -> Refusal:
+    return Refusal(text=entry["text"], status=status, as_json=entry["as_json"])
+
+
+def _body(entry: dict[str, Any], symbol: str) -> str:
+    text = entry["text"].replace("{symbol}", symbol)
+    return json.dumps({"Error Message": text}) if entry["as_json"] else text
+
+
+@pytest.mark.parametrize("entry", REFUSALS, ids=[r["id"] for r in REFUSALS])
+def test_each_wording_gets_the_scope_its_words_support(entry: dict[str, Any]) -> None:
+    scope, rule = classify_plan_refusal(_body(entry, "AMZN"), STATEMENT_PARAMS)
+    assert scope == entry["scope"]
+    expected_rule = {"symbol": "symbol refusal", "dataset": "refusal", "unknown": "unknown wording"}
+    assert expected_rule[scope] in rule
+
+
+def test_a_parameter_refusal_is_the_datasets_only_for_a_parameter_the_request_sent() -> None:
+    text = "Premium Query Parameter: The values for 'limit' must be between 0 and 5"
+    assert classify_plan_refusal(text, STATEMENT_PARAMS) == (
+        "dataset",
+        "parameter refusal: 'limit=10'",
+    )
+    assert classify_plan_refusal(text, {"symbol": "AMZN"})[0] == "unknown"
+
+
+@given(
+    st.lists(
+        st.sampled_from(
+            ["Premium", "Query", "Parameter:", "not available", "under your current subscription",
+             "upgrade", "plan", "'AMZ'", "symbol", "Endpoint", "Special", "values", "402", ":"]
+        )
+        | st.text(max_size=12),
+        max_size=12,
+    ).map(" ".join)
+)  # fmt: skip
+def test_no_wording_refuses_a_whole_dataset_unless_it_names_the_endpoint_or_a_parameter(
+    text: str,
+) -> None:
+    scope, _ = classify_plan_refusal(text, STATEMENT_PARAMS)
+    named = re.search(
+        r"(?i)(restricted|exclusive) endpoint|values? (set )?for '(period|limit)'", text
+    )
+    assert scope != "dataset" or named
+
+
+@pytest.mark.parametrize("status", [402, 200, 400, 403])
+@pytest.mark.parametrize("entry", MARKED, ids=[r["id"] for r in MARKED])
+async def test_a_refusal_is_a_plan_error_whatever_its_status(
+    fmp_server: SimulatorFactory, entry: dict[str, Any], status: int
+) -> None:
+    config = {"plan_gated_symbols": frozenset({"AMZN"}), "symbol_refusal": _refusal(entry, status)}
+    async with fmp_server(**config) as (url, simulator), open_client(url, attempts=4) as client:
+        with pytest.raises(FmpPlanError) as caught:
+            await client.fetch_records(INCOME, STATEMENT_PARAMS, dataset="d", symbol="AMZN")
+
+    assert (caught.value.scope, caught.value.status) == (entry["scope"], status)
+    assert caught.value.rule in str(caught.value)
+    assert len(simulator.requests) == 1, "a plan refusal is not retried"
+    assert_redacted(caught.value)
+
+
+@pytest.mark.parametrize(
+    ("status", "error"),
+    [(402, FmpPlanError), (403, FmpAuthError), (200, FmpResponseError), (400, FmpError)],
+)
+@pytest.mark.parametrize("entry", UNMARKED, ids=[r["id"] for r in UNMARKED])
+async def test_an_unfamiliar_wording_is_a_plan_refusal_only_under_402(
+    fmp_server: SimulatorFactory, entry: dict[str, Any], status: int, error: type[FmpError]
+) -> None:
+    config = {"plan_gated_symbols": frozenset({"AMZN"}), "symbol_refusal": _refusal(entry, status)}
+    async with fmp_server(**config) as (url, _), open_client(url, attempts=1) as client:
+        with pytest.raises(FmpError) as caught:
+            await client.fetch_records(INCOME, STATEMENT_PARAMS, dataset="d", symbol="AMZN")
+
+    assert type(caught.value) is error
+    if isinstance(caught.value, FmpPlanError):
+        assert (caught.value.scope, caught.value.rule) == ("unknown", "unknown wording")
+
+
+async def test_an_urgent_request_does_not_queue_behind_the_others(
+    fmp_server: SimulatorFactory,
+) -> None:
+    async with (
+        fmp_server(faults={"*": (Fault(kind="slow", delay=0.3),)}) as (url, simulator),
+        open_client(url, concurrency=1) as client,
+    ):
+        queued = [
+            asyncio.create_task(client.fetch_records(PROFILE, {"symbol": s}, dataset="p"))
+            for s in ("MSFT", "KO", "IBM")
+        ]
+        await asyncio.sleep(0)  # the queue forms: one request in flight, two waiting for a slot
+        await client.fetch_records(PROFILE, {"symbol": "AAPL"}, dataset="p", urgent=True)
+        order = [r.params["symbol"] for r in simulator.requests]
+        await asyncio.gather(*queued)
+
+    # KO and IBM wait for MSFT's slow answer; the urgent request went out beside it.
+    assert set(order[:2]) == {"MSFT", "AAPL"}

@@ -23,7 +23,7 @@ from stock_pipeline.lake import LocalLake, S3Lake, StoredFile, read_dataset, rea
 from stock_pipeline.market_calendar import sessions_between
 from stock_pipeline.pipeline import RunReport, run_ingest
 from stock_pipeline.plan import plan_run
-from stock_pipeline.simulator import Fault
+from stock_pipeline.simulator import Fault, FmpSimulator, Refusal
 from tests.conftest import SimulatorFactory
 from tests.support import API_KEY, all_text_under, assert_no_secret
 
@@ -57,11 +57,12 @@ async def ingest(
     start: dt.date = START,
     end: dt.date = END,
     max_price_rows: int = 5000,
+    **client_options: object,
 ) -> RunReport:
     plan = plan_run(
         run_id="20250315T020000Z-test", symbols=symbols, datasets=datasets, start=start, end=end
     )
-    async with fmp_client(url) as client:
+    async with fmp_client(url, **client_options) as client:
         return await run_ingest(
             plan, client=client, lake=lake, started_at=STARTED, max_price_rows=max_price_rows
         )
@@ -145,6 +146,98 @@ async def test_an_endpoint_outside_the_plan_fails_only_that_dataset(
     assert {f.symbol for f in report.failures} == set(symbols)
     assert read_dataset(lake, DATASETS["prices"]).height == 400
     assert read_dataset(lake, DATASETS["adjusted_prices"]).is_empty()
+
+
+UNFAMILIAR = Refusal(text="Payment Required: this needs a higher tier")
+
+
+def _probes(simulator: FmpSimulator, endpoint: str) -> int:
+    return sum(
+        r.params.get("symbol") == "AAPL" and r.endpoint == endpoint for r in simulator.requests
+    )
+
+
+async def test_a_symbol_refused_in_an_unfamiliar_wording_fails_alone_after_one_probe(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = LocalLake(tmp_path)
+    symbols = ("GATED", "MSFT", "KO", "IBM")
+    config = {"plan_gated_symbols": frozenset({"GATED"}), "symbol_refusal": UNFAMILIAR}
+    # One request at a time, the refused symbol first: nothing has answered yet when it is refused.
+    async with fmp_server(**config) as (url, simulator):
+        report = await ingest(url, lake, symbols, ("prices", "profile"), concurrency=1)
+    assert report.exit_code is ExitCode.PARTIAL
+    assert [(f.dataset, f.symbol) for f in report.failures] == [
+        ("prices", "GATED"),
+        ("profile", "GATED"),
+    ]
+    for failure in report.failures:
+        assert failure.rule == "unknown wording; probe: AAPL answered, so the endpoint is served"
+        assert failure.rule in failure.error
+        assert not failure.retryable
+    assert _probes(simulator, "historical-price-eod/full") == _probes(simulator, "profile") == 1
+    assert set(read_dataset(lake, DATASETS["prices"])["symbol"]) == {"MSFT", "KO", "IBM"}
+    assert set(read_dataset(lake, DATASETS["profile"])["symbol"]) == {"MSFT", "KO", "IBM"}
+    assert "AAPL" not in json.dumps(report.to_manifest()["symbols"])
+    manifest_rules = {f["rule"] for f in report.to_manifest()["failures"]}
+    assert manifest_rules == {failure.rule for failure in report.failures}
+
+
+async def test_a_refusal_after_the_endpoint_answered_is_the_symbols_without_a_probe(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    config = {"plan_gated_symbols": frozenset({"GATED"}), "symbol_refusal": UNFAMILIAR}
+    async with fmp_server(**config) as (url, simulator):
+        report = await ingest(url, LocalLake(tmp_path), ("MSFT", "GATED"), concurrency=1)
+    [failure] = report.failures
+    assert (failure.symbol, failure.rule) == (
+        "GATED",
+        "unknown wording; the endpoint answered other symbols",
+    )
+    assert _probes(simulator, "historical-price-eod/full") == 0
+
+
+@pytest.mark.parametrize(
+    ("first", "rule", "probes"),
+    [
+        ("S00", "unknown wording; probe: AAPL, which every plan serves, was refused too", 1),
+        ("AAPL", "unknown wording; refused for AAPL, which every plan serves", 1),
+    ],
+)
+async def test_an_endpoint_refused_in_an_unfamiliar_wording_fails_the_dataset_at_once(
+    fmp_server: SimulatorFactory, tmp_path: Path, first: str, rule: str, probes: int
+) -> None:
+    lake = LocalLake(tmp_path)
+    symbols = (first, *(f"S{i:02d}" for i in range(1, 30)))
+    config = {"gated_endpoints": frozenset({"profile"}), "endpoint_refusal": UNFAMILIAR}
+    async with fmp_server(**config) as (url, simulator):
+        report = await ingest(url, lake, symbols, ("prices", "profile"), concurrency=2)
+        profile_requests = [r for r in simulator.requests if r.endpoint == "profile"]
+    by_name = {s.dataset: s for s in report.summaries}
+    assert (by_name["prices"].symbols_ok, by_name["profile"].symbols_failed) == (30, 30)
+    assert {f.symbol for f in report.failures} == set(symbols)
+    assert {f.rule for f in report.failures} == {rule}
+    assert _probes(simulator, "profile") == probes
+    # Held while the probe decided: only the requests already in flight (two) were sent.
+    assert len(profile_requests) <= 2 + probes
+    assert read_dataset(lake, DATASETS["prices"]).height == 300
+
+
+async def test_an_inconclusive_probe_fails_only_the_symbol(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    config = {
+        "plan_gated_symbols": frozenset({"GATED"}),
+        "symbol_refusal": UNFAMILIAR,
+        "faults": {"AAPL": (Fault(kind="server_error"),)},
+    }
+    async with fmp_server(**config) as (url, simulator):
+        report = await ingest(url, LocalLake(tmp_path), ("GATED", "MSFT"), concurrency=1)
+    [failure] = report.failures
+    assert failure.symbol == "GATED"
+    assert failure.rule == "unknown wording; probe on AAPL inconclusive (FmpServerError)"
+    assert _probes(simulator, "historical-price-eod/full") == 3  # the client's three attempts
+    assert set(read_dataset(LocalLake(tmp_path), DATASETS["prices"])["symbol"]) == {"MSFT"}
 
 
 async def test_bad_rows_go_to_quarantine_and_quirks_are_absorbed(

@@ -26,6 +26,7 @@ from stock_pipeline.simulator import (
     Fault,
     FaultKind,
     FmpSimulator,
+    Refusal,
     SimulatorConfig,
     SimulatorThread,
     serve,
@@ -234,6 +235,29 @@ async def test_gated_endpoint_gets_402_plain_text() -> None:
             "Restricted Endpoint: This endpoint is not available under your current subscription"
         )
         assert (await api.get(FULL, symbol="AAPL")).status == 200
+
+
+async def test_refusals_come_in_the_configured_wording_status_and_form() -> None:
+    config = SimulatorConfig(
+        api_key=KEY,
+        today=TODAY,
+        plan_gated_symbols=frozenset({"AMZN"}),
+        symbol_refusal=Refusal(text="Premium Query Parameter: '{symbol}' is not available"),
+        gated_endpoints=frozenset({ADJUSTED}),
+        endpoint_refusal=Refusal(
+            text="Exclusive Endpoint : not in your plan", status=403, as_json=True
+        ),
+    )
+    async with running(config) as api:
+        symbol = await api.get(FULL, symbol="AMZN")
+        assert (symbol.status, symbol.text) == (
+            402,
+            "Premium Query Parameter: 'AMZN' is not available",
+        )
+        endpoint = await api.get(ADJUSTED, symbol="MSFT")
+        assert endpoint.status == 403
+        assert endpoint.json() == {"Error Message": "Exclusive Endpoint : not in your plan"}
+        assert (await api.get(FULL, symbol="MSFT")).status == 200
 
 
 # --------------------------------------------------------------------------- prices
