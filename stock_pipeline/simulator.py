@@ -1024,7 +1024,7 @@ def _profile_rows(
             "marketCap": round(close * shares),
             "beta": round(0.5 + (h % 1500) / 1000.0, 3),
             "lastDividend": round(close * prices.dividend, 2),
-            "range": f"{prices.low[year].min():.2f}-{prices.high[year].max():.2f}",
+            "range": f"{np.min(prices.low[year]):.2f}-{np.max(prices.high[year]):.2f}",
             "change": change,
             "changePercentage": round(change / previous * 100.0, 5),
             "volume": int(prices.volume[-1]),
