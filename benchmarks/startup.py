@@ -51,7 +51,7 @@ def _measure(
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--runs", type=int, default=15)
+    parser.add_argument("--runs", type=int, default=10)
     parser.add_argument("--pythonpath", type=Path, help="a source tree to run instead")
     parser.add_argument("--output", type=Path, help="write the results here as JSON")
     args = parser.parse_args()

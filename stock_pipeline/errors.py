@@ -22,6 +22,7 @@ by fmp.py before an error is built.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from enum import IntEnum
 from typing import Literal
 
@@ -137,14 +138,16 @@ class FmpAuthError(FmpError):
     exit_code = ExitCode.AUTH
 
 
-#: What a plan refusal covers: one symbol, the whole dataset (its endpoint or a parameter every
-#: request sends), or not known yet (a wording no rule recognizes; the pipeline decides).
-PlanScope = Literal["symbol", "dataset", "unknown"]
+#: What a plan refusal covers: one symbol; every request that sends certain parameter values (a
+#: refused `period=quarter`, or what a probe found refused); the whole dataset (its endpoint); or
+#: not known yet (a wording no rule recognizes, which the pipeline decides).
+PlanScope = Literal["symbol", "parameters", "dataset", "unknown"]
 
 
 class FmpPlanError(FmpError):
-    """A plan refusal (usually a 402): the symbol, a parameter or the whole endpoint is not in the
-    subscription. `scope` is what it covers and `rule` the rule that decided it."""
+    """A plan refusal (usually a 402): the symbol, a parameter value or the whole endpoint is not
+    in the subscription. `scope` is what it covers, `parameters` the refused values when the scope
+    is "parameters", and `rule` the rule that decided it."""
 
     def __init__(
         self,
@@ -152,6 +155,7 @@ class FmpPlanError(FmpError):
         *,
         scope: PlanScope,
         rule: str,
+        parameters: tuple[tuple[str, str], ...] = (),
         url: str | None = None,
         status: int | None = None,
         dataset: str | None = None,
@@ -163,18 +167,30 @@ class FmpPlanError(FmpError):
         self.refusal = message
         self.scope = scope
         self.rule = rule
+        self.parameters = parameters
 
-    def settled(self, scope: Literal["symbol", "dataset"], rule: str) -> FmpPlanError:
+    def settled(
+        self, scope: PlanScope, rule: str, parameters: tuple[tuple[str, str], ...] = ()
+    ) -> FmpPlanError:
         """The same refusal with its scope decided by `rule`."""
         return FmpPlanError(
             self.refusal,
             scope=scope,
             rule=rule,
+            parameters=parameters,
             url=self.url,
             status=self.status,
             dataset=self.dataset,
             symbol=self.symbol,
         )
+
+    def refuses(self, params: Mapping[str, str]) -> bool:
+        """Whether a request with `params` (of the same dataset) is refused by this too."""
+        if self.scope == "dataset":
+            return True
+        if self.scope == "parameters":
+            return all(params.get(name) == value for name, value in self.parameters)
+        return False
 
 
 class FmpRateLimitError(FmpError):

@@ -37,6 +37,7 @@ from stock_pipeline.redaction import REDACTED, redact
 __all__ = [
     "PROBE_SYMBOL",
     "FmpClient",
+    "PlanRefusal",
     "RequestPacer",
     "RequestStats",
     "RetryPolicy",
@@ -58,26 +59,41 @@ _ENDPOINT_REFUSAL = re.compile(r"(?i)\b(restricted|exclusive) endpoint\b")
 _PARAMETER_REFUSAL = re.compile(r"(?i)\bvalues? (?:set )?for '([a-z_]\w*)'")
 
 
-def classify_plan_refusal(text: str, params: Mapping[str, str]) -> tuple[PlanScope, str]:
+@dataclass(frozen=True, slots=True)
+class PlanRefusal:
+    """What a plan refusal's wording says it covers (see `classify_plan_refusal`)."""
+
+    scope: PlanScope
+    rule: str
+    #: For scope "parameters": the refused parameter values.
+    parameters: tuple[tuple[str, str], ...] = ()
+
+
+def classify_plan_refusal(text: str, params: Mapping[str, str]) -> PlanRefusal:
     """What a plan refusal covers, from its wording alone, and the rule that says so.
 
-    Only a wording that names the endpoint (Restricted or Exclusive Endpoint) or a parameter that
-    the request sent, other than the symbol, refuses the whole dataset. One that names the symbol
-    refuses the symbol. Any other wording is "unknown": FMP's wording varies between plans,
-    endpoints and over time, so the pipeline decides those (see `PROBE_SYMBOL`) instead of a guess.
+    Only a wording that names the endpoint (Restricted or Exclusive Endpoint) refuses the whole
+    dataset. One that names a parameter the request sent, other than the symbol, refuses that
+    value: every request that sends it (`period=quarter` refused leaves `period=annual` alone).
+    One that names the symbol refuses the symbol. Any other wording is "unknown": FMP's wording
+    varies between plans, endpoints and over time, so the pipeline decides those (see
+    `PROBE_SYMBOL`) instead of a guess.
     """
     if match := _ENDPOINT_REFUSAL.search(text):
-        return "dataset", f"endpoint refusal: '{match.group(1).title()} Endpoint'"
+        return PlanRefusal("dataset", f"endpoint refusal: '{match.group(1).title()} Endpoint'")
     if match := _PARAMETER_REFUSAL.search(text):
         name = match.group(1)
         if name == "symbol":
-            return "symbol", "symbol refusal: the value set for 'symbol'"
+            return PlanRefusal("symbol", "symbol refusal: the value set for 'symbol'")
         if name in params:
-            return "dataset", f"parameter refusal: '{name}={params[name]}'"
+            value = params[name]
+            return PlanRefusal(
+                "parameters", f"parameter refusal: '{name}={value}'", ((name, value),)
+            )
     symbol = params.get("symbol")
     if symbol and re.search(rf"['\"]{re.escape(symbol)}['\"]", text, re.IGNORECASE):
-        return "symbol", f"symbol refusal: names '{symbol}'"
-    return "unknown", "unknown wording"
+        return PlanRefusal("symbol", f"symbol refusal: names '{symbol}'")
+    return PlanRefusal("unknown", "unknown wording")
 
 
 class _Send:
@@ -237,25 +253,23 @@ class FmpClient:
         dataset: str,
         symbol: str | None = None,
         urgent: bool = False,
-        gate: Callable[[], Awaitable[None]] | None = None,
+        gate: Callable[[], asyncio.Future[Any] | None] | None = None,
     ) -> list[dict[str, Any]]:
         """The endpoint's JSON array, retried on transient failures; [] means "no data".
 
         `urgent` skips the queue for a request slot (it is still paced): for the one request whose
-        answer decides whether the queued ones are sent at all. `gate`, when given, is awaited
-        once a slot is free and before the request is paced, so the caller can hold it there.
+        answer decides whether the queued ones are sent at all. `gate`, when given, returns a
+        future the request must wait for before it is sent (or None): the caller holds requests
+        there, without them holding a slot.
         """
         stats = self.stats.setdefault(dataset, RequestStats())
         attempt = 0
         while True:
             attempt += 1
             try:
-                async with contextlib.nullcontext() if urgent else self._slots:
-                    if gate is not None:
-                        await gate()
-                    async with self.pacer.slot():
-                        stats.requests += 1
-                        return await self._fetch_once(endpoint, params, dataset, symbol)
+                async with self._request_slot(urgent, gate), self.pacer.slot():
+                    stats.requests += 1
+                    return await self._fetch_once(endpoint, params, dataset, symbol)
             except FmpError as error:
                 if isinstance(error, FmpRateLimitError):
                     stats.rate_limited += 1
@@ -269,6 +283,25 @@ class FmpClient:
                 stats.retries += 1
                 log.info("retry %d in %.1f s after: %s", attempt, wait, error)
                 await self.sleep(wait)
+
+    @asynccontextmanager
+    async def _request_slot(
+        self, urgent: bool, gate: Callable[[], asyncio.Future[Any] | None] | None
+    ) -> AsyncIterator[None]:
+        """A place among the requests in flight, once nothing holds this request back."""
+        while True:
+            if gate is not None and (hold := gate()) is not None:
+                await asyncio.wait([hold])
+                continue
+            if urgent:
+                yield
+                return
+            async with self._slots:
+                # A hold may have begun while this request queued for its slot: if so, give the
+                # slot back to the requests that can use it and wait.
+                if gate is None or gate() is None:
+                    yield
+                    return
 
     async def _fetch_once(
         self, endpoint: str, params: Mapping[str, str], dataset: str, symbol: str | None
@@ -316,15 +349,24 @@ class FmpClient:
             )
         if status == 401 or "Invalid API KEY" in text:
             raise FmpAuthError("FMP refused the API key; check FMP_API_KEY", status=status, **where)
-        # A data answer is a JSON array; refusal wording counts under any status but never there.
-        if "Legacy Endpoint" not in text and (
-            status == 402 or (not text.lstrip().startswith("[") and _PLAN_REFUSAL.search(text))
+        # Error wording counts under any status but never inside a data answer (a JSON array).
+        data = text.lstrip().startswith("[")
+        legacy = not data and "Legacy Endpoint" in text  # keys made after 2025-08-31
+        # A refusal's wording counts under a 200, 400 or 403 too, but not over a 429 or a 5xx:
+        # those are retried.
+        if not legacy and (
+            status == 402 or (status in (200, 400, 403) and not data and _PLAN_REFUSAL.search(text))
         ):
-            scope, rule = classify_plan_refusal(text, params)
+            refusal = classify_plan_refusal(text, params)
             raise FmpPlanError(
-                f"not in the FMP plan: {excerpt()}", scope=scope, rule=rule, status=status, **where
+                f"not in the FMP plan: {excerpt()}",
+                scope=refusal.scope,
+                rule=refusal.rule,
+                parameters=refusal.parameters,
+                status=status,
+                **where,
             )
-        if status == 403:
+        if status == 403 or legacy:
             raise FmpAuthError(
                 f"FMP refused access ({excerpt()}); keys created after 2025-08-31 only work on the "
                 "stable API",

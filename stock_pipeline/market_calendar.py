@@ -8,6 +8,7 @@ how new holidays and closures arrive, computes the year again.
 
 from __future__ import annotations
 
+import contextlib
 import datetime as dt
 import json
 import logging
@@ -104,9 +105,16 @@ def _write_cached(path: Path, closes: Closes) -> None:
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
         # Written whole, then renamed: a reader never sees half a file.
-        with tempfile.NamedTemporaryFile("w", dir=path.parent, delete=False) as temporary:
-            json.dump({"sessions": rows}, temporary)
-        os.replace(temporary.name, path)
+        descriptor, temporary = tempfile.mkstemp(dir=path.parent, suffix=".tmp")
+        try:
+            with os.fdopen(descriptor, "w") as file:
+                json.dump({"sessions": rows}, file)
+            os.chmod(temporary, 0o644)  # a cache folder shared between users stays useful
+            os.replace(temporary, path)
+        except BaseException:
+            with contextlib.suppress(OSError):
+                os.unlink(temporary)
+            raise
     except OSError as error:  # a read-only home is no reason to fail a run
         log.debug("could not cache the calendar in %s: %s", path, error)
 

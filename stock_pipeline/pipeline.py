@@ -14,7 +14,7 @@ import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
-from typing import Any, Literal
+from typing import Any, Literal, TypeVar
 
 import polars as pl
 
@@ -182,6 +182,11 @@ class RunReport:
         }
 
 
+def _shape(request: Request) -> tuple[tuple[str, str], ...]:
+    """A request's parameters but the symbol: what its symbol's neighbours send alike."""
+    return tuple((name, value) for name, value in request.params if name != "symbol")
+
+
 @dataclass
 class _DatasetState:
     dataset: Dataset
@@ -191,23 +196,38 @@ class _DatasetState:
     ok_symbols: set[str] = field(default_factory=set)
     failed_symbols: set[str] = field(default_factory=set)
     symbols_with_rows: set[str] = field(default_factory=set)
-    dead: FmpPlanError | None = None
-    #: The one request that decides a refusal worded in a way no rule knows (see `_settle`).
-    probe: asyncio.Task[str] | None = None
+    #: Plan refusals that cover more than their symbol: requests they cover are not sent.
+    refusals: list[FmpPlanError] = field(default_factory=list)
+    #: Per request shape, the one request that decides a refusal worded in a way no rule knows.
+    probes: dict[tuple[tuple[str, str], ...], asyncio.Task[str]] = field(default_factory=dict)
+    #: Shapes some symbol got an answer for: their endpoint and parameters are in the plan.
+    answered_shapes: set[tuple[tuple[str, str], ...]] = field(default_factory=set)
     finished: float = 0.0
-    tasks: list[asyncio.Task[None]] = field(default_factory=list)
+    tasks: dict[asyncio.Task[None], Request] = field(default_factory=dict)
+    #: Tasks whose request was answered: a refusal never cancels them (their rows are landing).
+    answered: set[asyncio.Task[None]] = field(default_factory=set)
 
-    async def probe_settled(self) -> None:
-        """Hold a request while a probe decides whether this dataset's requests are sent at all."""
-        if self.probe is not None and not self.probe.done():
-            await asyncio.wait([self.probe])
+    def refusal_for(self, request: Request) -> FmpPlanError | None:
+        """The refusal that already covers `request`, if any."""
+        params = dict(request.params)
+        return next((r for r in self.refusals if r.refuses(params)), None)
 
-    def give_up(self, error: FmpPlanError) -> None:
-        """FMP refused the whole endpoint: stop the requests still waiting to be sent."""
-        self.dead = error
+    def hold(self, request: Request) -> asyncio.Task[str] | None:
+        """The probe a request of this shape must wait for before it is sent, if one is running."""
+        probe = self.probes.get(_shape(request))
+        return probe if probe is not None and not probe.done() else None
+
+    def refuse(self, error: FmpPlanError) -> None:
+        """FMP refused more than a symbol: stop the requests it covers that are still waiting."""
+        self.refusals.append(error)
         current = asyncio.current_task()
-        for task in self.tasks:
-            if task is not current and not task.done():
+        for task, request in self.tasks.items():
+            if (
+                task is not current
+                and not task.done()
+                and task not in self.answered
+                and error.refuses(dict(request.params))
+            ):
                 task.cancel()
 
 
@@ -282,7 +302,7 @@ class _Run:
             params,
             dataset=dataset.name,
             symbol=request.symbol,
-            gate=state.probe_settled,
+            gate=lambda: state.hold(request),
         )
         if window and len(records) >= self.max_price_rows:
             if len(window) < 2:
@@ -293,47 +313,58 @@ class _Run:
                 )
             half = len(window) // 2
             self.requests_total += 2
-            older, newer = await asyncio.gather(
-                self._fetch(request, window[:half]), self._fetch(request, window[half:])
-            )
-            self.requests_done += 2
-            return older + newer
+            try:
+                # A task group, not gather: when one half fails, the other stops with it.
+                async with asyncio.TaskGroup() as group:
+                    halves = [
+                        group.create_task(self._fetch(request, part))
+                        for part in (window[:half], window[half:])
+                    ]
+            except BaseExceptionGroup as failed:
+                raise _first_leaf(failed) from None
+            finally:
+                self.requests_done += 2
+            return halves[0].result() + halves[1].result()
         return records
 
     async def _settle(
         self, state: _DatasetState, request: Request, error: FmpPlanError
     ) -> FmpPlanError:
-        """Decide a refusal whose wording no rule knows: the symbol's, unless the endpoint itself
-        is refused, which one request for a symbol every plan serves tells for sure."""
-        if state.ok_symbols:
-            return error.settled("symbol", "unknown wording; the endpoint answered other symbols")
+        """Decide a refusal whose wording no rule knows: the symbol's, unless every request of its
+        shape is refused, which one request for a symbol every plan serves tells for sure."""
+        shape = _shape(request)
+        if shape in state.answered_shapes:
+            return error.settled("symbol", "unknown wording; other symbols were answered")
         if request.symbol == PROBE_SYMBOL:
             return error.settled(
-                "dataset", f"unknown wording; refused for {PROBE_SYMBOL}, which every plan serves"
+                "parameters",
+                f"unknown wording; refused for {PROBE_SYMBOL}, which every plan serves",
+                shape,
             )
-        if state.probe is None:
-            state.probe = asyncio.create_task(self._probe(state, request, error))
+        if shape not in state.probes:
+            state.probes[shape] = asyncio.create_task(self._probe(state, request))
         # Shielded: a request cancelled while it waits must not cancel the probe the others await.
-        # An endpoint refusal never returns here: the probe gives the dataset up, cancelling this.
-        rule = await asyncio.shield(state.probe)
+        # A refusal of the shape never returns here: the probe applies it, cancelling this task.
+        rule = await asyncio.shield(state.probes[shape])
         return error.settled("symbol", rule)
 
-    async def _probe(self, state: _DatasetState, request: Request, error: FmpPlanError) -> str:
-        """Ask for `PROBE_SYMBOL` with the refused request's parameters; give the dataset up if it
-        is refused too, else return the rule that makes the refusal the symbol's."""
-        dataset = state.dataset
+    async def _probe(self, state: _DatasetState, request: Request) -> str:
+        """Ask for `PROBE_SYMBOL` with the refused request's other parameters. Refused too (and
+        no other symbol answered meanwhile): every request of that shape is refused. Otherwise
+        return the rule that makes the refusal the symbol's."""
+        dataset, shape = state.dataset, _shape(request)
         params = {**dict(request.params), "symbol": PROBE_SYMBOL}
         try:
             await self.client.fetch_records(
                 dataset.endpoint, params, dataset=dataset.name, symbol=PROBE_SYMBOL, urgent=True
             )
-        except FmpPlanError:
-            rule = (
-                f"unknown wording; probe: {PROBE_SYMBOL}, which every plan serves, was refused too"
-            )
-            log.info("%s: the endpoint is not in the plan (%s)", dataset.name, rule)
-            state.give_up(error.settled("dataset", rule))
-            return rule
+        except FmpPlanError as refused:
+            if refused.scope != "symbol" and shape not in state.answered_shapes:
+                rule = f"unknown wording; probe: {PROBE_SYMBOL}, which every plan serves, was refused too"
+                log.info("%s: %s is not in the plan (%s)", dataset.name, dict(shape), rule)
+                state.refuse(refused.settled("parameters", rule, shape))
+                return rule
+            rule = f"unknown wording; probe on {PROBE_SYMBOL} inconclusive ({refused.rule})"
         except FmpAuthError:
             raise
         except FmpError as failed:
@@ -359,19 +390,24 @@ class _Run:
     async def _run_request(self, request: Request) -> None:
         state = self.states[request.dataset]
         try:
-            if state.dead is not None:
-                self._fail(state, request.symbol, state.dead)
+            if refused := state.refusal_for(request):
+                self._fail(state, request.symbol, refused)
                 return
             records = await self._fetch_or_refusal(state, request)
+            # Answered: from here on a refusal elsewhere must not cancel this task, whose rows
+            # are on their way into a batch.
+            state.answered.add(asyncio.current_task())  # type: ignore[arg-type]
+            state.answered_shapes.add(_shape(request))
         except FmpAuthError:
             raise
         except asyncio.CancelledError:
-            if state.dead is None:
+            refused = state.refusal_for(request)
+            if refused is None:
                 raise
-            self._fail(state, request.symbol, state.dead)  # cancelled by give_up
+            self._fail(state, request.symbol, refused)  # cancelled by `refuse`
         except FmpPlanError as error:
-            if error.scope == "dataset" and state.dead is None:
-                state.give_up(error)
+            if error.scope in ("dataset", "parameters") and state.refusal_for(request) is None:
+                state.refuse(error)
             self._fail(state, request.symbol, error)
         except FmpTransportError as error:
             self._fail(state, request.symbol, error)
@@ -478,7 +514,7 @@ class _Run:
         async def one_dataset(name: str) -> tuple[DatasetSummary, dict[str, tuple[dt.date, ...]]]:
             state = self.states[name]
             async with asyncio.TaskGroup() as group:
-                state.tasks = [group.create_task(self._run_request(r)) for r in by_dataset[name]]
+                state.tasks = {group.create_task(self._run_request(r)): r for r in by_dataset[name]}
             rows, quarantined, duplicates = await self._land(state)
             stats = self.client.stats.get(name)
             files = [f for f in self.files if f.dataset == name]
@@ -513,8 +549,8 @@ class _Run:
             # A probe whose waiters were all cancelled (the dataset failed for another reason, or
             # the run aborted) has nothing left to decide.
             for state in self.states.values():
-                if state.probe is not None and not state.probe.done():
-                    state.probe.cancel()
+                for probe in state.probes.values():
+                    probe.cancel()
         results = [t.result() for t in tasks]
         gaps = {name: g for name, (_, g) in zip(self.plan.datasets, results, strict=True) if g}
         return [s for s, _ in results], gaps
@@ -536,10 +572,13 @@ def _gaps(
     return out
 
 
-def _first_leaf(group: BaseExceptionGroup[FmpError]) -> FmpError:
-    """The first error that aborts the run, in a (nested) group from the run's task groups."""
+_E = TypeVar("_E", bound=BaseException)
+
+
+def _first_leaf(group: BaseExceptionGroup[_E]) -> _E:
+    """The first error in a (nested) group from task groups."""
     first = group.exceptions[0]
-    return first if isinstance(first, FmpError) else _first_leaf(first)
+    return _first_leaf(first) if isinstance(first, BaseExceptionGroup) else first
 
 
 async def run_ingest(

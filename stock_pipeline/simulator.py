@@ -344,6 +344,9 @@ class SimulatorConfig:
     unknown_symbols: frozenset[str] = frozenset()
     plan_gated_symbols: frozenset[str] = frozenset()
     gated_endpoints: frozenset[str] = frozenset()
+    #: (parameter, value) pairs the plan refuses, e.g. ("period", "quarter") on a plan without
+    #: quarterly statements.
+    gated_values: frozenset[tuple[str, str]] = frozenset()
     #: What `plan_gated_symbols` and `gated_endpoints` get back.
     symbol_refusal: Refusal = Refusal(text=PREMIUM_SYMBOL_TEXT)
     endpoint_refusal: Refusal = Refusal(text=RESTRICTED_ENDPOINT_TEXT)
@@ -1238,6 +1241,12 @@ class FmpSimulator:
             return _json_response(200, [])
         if symbol in config.plan_gated_symbols:
             return config.symbol_refusal.response(symbol)
+        for name, value in sorted(config.gated_values):
+            if params.get(name) == value:
+                return _plain_402(
+                    f"Premium Query Parameter: This value set for '{name}' is not available under "
+                    "your current subscription"
+                )
 
         faults = self._take_faults(symbol, endpoint)
         kinds = frozenset(fault.kind for fault in faults)

@@ -36,6 +36,7 @@ from stock_pipeline.errors import (
 )
 from stock_pipeline.fmp import (
     FmpClient,
+    PlanRefusal,
     RequestPacer,
     RequestStats,
     RetryPolicy,
@@ -159,7 +160,7 @@ async def test_legacy_403_is_an_auth_error_sent_once() -> None:
             {"max_statement_limit": 5},
             INCOME,
             {"symbol": "AAPL", "limit": "10"},
-            "dataset",
+            "parameters",
             id="parameter-not-in-plan",
         ),
     ],
@@ -666,19 +667,32 @@ def _body(entry: dict[str, Any], symbol: str) -> str:
 
 @pytest.mark.parametrize("entry", REFUSALS, ids=[r["id"] for r in REFUSALS])
 def test_each_wording_gets_the_scope_its_words_support(entry: dict[str, Any]) -> None:
-    scope, rule = classify_plan_refusal(_body(entry, "AMZN"), STATEMENT_PARAMS)
-    assert scope == entry["scope"]
-    expected_rule = {"symbol": "symbol refusal", "dataset": "refusal", "unknown": "unknown wording"}
-    assert expected_rule[scope] in rule
+    refusal = classify_plan_refusal(_body(entry, "AMZN"), STATEMENT_PARAMS)
+    assert refusal.scope == entry["scope"]
+    expected_rule = {
+        "symbol": "symbol refusal",
+        "parameters": "parameter refusal",
+        "dataset": "endpoint refusal",
+        "unknown": "unknown wording",
+    }
+    assert expected_rule[refusal.scope] in refusal.rule
 
 
-def test_a_parameter_refusal_is_the_datasets_only_for_a_parameter_the_request_sent() -> None:
+def test_a_parameter_refusal_covers_the_value_the_request_sent() -> None:
     text = "Premium Query Parameter: The values for 'limit' must be between 0 and 5"
-    assert classify_plan_refusal(text, STATEMENT_PARAMS) == (
-        "dataset",
-        "parameter refusal: 'limit=10'",
+    assert classify_plan_refusal(text, STATEMENT_PARAMS) == PlanRefusal(
+        "parameters", "parameter refusal: 'limit=10'", (("limit", "10"),)
     )
-    assert classify_plan_refusal(text, {"symbol": "AMZN"})[0] == "unknown"
+    assert classify_plan_refusal(text, {"symbol": "AMZN"}).scope == "unknown"
+
+
+def test_a_refusal_covers_the_requests_that_send_what_it_refuses() -> None:
+    quarter = FmpPlanError("x", scope="parameters", rule="r", parameters=(("period", "quarter"),))
+    assert quarter.refuses({"symbol": "MSFT", "period": "quarter", "limit": "24"})
+    assert not quarter.refuses({"symbol": "MSFT", "period": "annual", "limit": "7"})
+    endpoint = FmpPlanError("x", scope="dataset", rule="r")
+    assert endpoint.refuses({"symbol": "MSFT"})
+    assert not FmpPlanError("x", scope="symbol", rule="r").refuses({"symbol": "MSFT"})
 
 
 @given(
@@ -691,14 +705,12 @@ def test_a_parameter_refusal_is_the_datasets_only_for_a_parameter_the_request_se
         max_size=12,
     ).map(" ".join)
 )  # fmt: skip
-def test_no_wording_refuses_a_whole_dataset_unless_it_names_the_endpoint_or_a_parameter(
+def test_no_wording_refuses_more_than_its_symbol_unless_it_names_the_endpoint_or_a_parameter(
     text: str,
 ) -> None:
-    scope, _ = classify_plan_refusal(text, STATEMENT_PARAMS)
-    named = re.search(
-        r"(?i)(restricted|exclusive) endpoint|values? (set )?for '(period|limit)'", text
-    )
-    assert scope != "dataset" or named
+    scope = classify_plan_refusal(text, STATEMENT_PARAMS).scope
+    assert scope != "dataset" or re.search(r"(?i)(restricted|exclusive) endpoint", text)
+    assert scope != "parameters" or re.search(r"(?i)values? (set )?for '(period|limit)'", text)
 
 
 @pytest.mark.parametrize("status", [402, 200, 400, 403])
@@ -715,6 +727,19 @@ async def test_a_refusal_is_a_plan_error_whatever_its_status(
     assert caught.value.rule in str(caught.value)
     assert len(simulator.requests) == 1, "a plan refusal is not retried"
     assert_redacted(caught.value)
+
+
+@pytest.mark.parametrize("status", [429, 503])
+async def test_refusal_words_in_a_rate_limit_or_server_error_are_retried(
+    fmp_server: SimulatorFactory, status: int
+) -> None:
+    entry = MARKED[0]
+    config = {"plan_gated_symbols": frozenset({"AMZN"}), "symbol_refusal": _refusal(entry, status)}
+    async with fmp_server(**config) as (url, simulator), open_client(url, attempts=3) as client:
+        with pytest.raises(FmpError) as caught:
+            await client.fetch_records(INCOME, STATEMENT_PARAMS, dataset="d", symbol="AMZN")
+    assert type(caught.value) is {429: FmpRateLimitError, 503: FmpServerError}[status]
+    assert len(simulator.requests) == 3
 
 
 @pytest.mark.parametrize(

@@ -16,6 +16,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
+from stock_pipeline import pipeline
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.errors import ExitCode, FmpAuthError, LakeWriteError
 from stock_pipeline.fmp import FmpClient, RequestPacer, RetryPolicy
@@ -23,7 +24,7 @@ from stock_pipeline.lake import LocalLake, S3Lake, StoredFile, read_dataset, rea
 from stock_pipeline.market_calendar import sessions_between
 from stock_pipeline.pipeline import RunReport, run_ingest
 from stock_pipeline.plan import plan_run
-from stock_pipeline.simulator import Fault, FmpSimulator, Refusal
+from stock_pipeline.simulator import RESTRICTED_ENDPOINT_TEXT, Fault, FmpSimulator, Refusal
 from tests.conftest import SimulatorFactory
 from tests.support import API_KEY, all_text_under, assert_no_secret
 
@@ -192,7 +193,7 @@ async def test_a_refusal_after_the_endpoint_answered_is_the_symbols_without_a_pr
     [failure] = report.failures
     assert (failure.symbol, failure.rule) == (
         "GATED",
-        "unknown wording; the endpoint answered other symbols",
+        "unknown wording; other symbols were answered",
     )
     assert _probes(simulator, "historical-price-eod/full") == 0
 
@@ -238,6 +239,51 @@ async def test_an_inconclusive_probe_fails_only_the_symbol(
     assert failure.rule == "unknown wording; probe on AAPL inconclusive (FmpServerError)"
     assert _probes(simulator, "historical-price-eod/full") == 3  # the client's three attempts
     assert set(read_dataset(LocalLake(tmp_path), DATASETS["prices"])["symbol"]) == {"MSFT"}
+
+
+async def test_a_refused_parameter_value_fails_only_the_requests_that_send_it(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = LocalLake(tmp_path)
+    symbols = tuple(f"S{i:02d}" for i in range(20))
+    plan = plan_run(
+        run_id="20250315T020000Z-test", symbols=symbols, datasets=("income_statement",),
+        start=START, end=END, period="both", today=END,
+    )  # fmt: skip
+    config = {"gated_values": frozenset({("period", "quarter")})}
+    async with fmp_server(**config) as (url, simulator), fmp_client(url, concurrency=2) as client:
+        report = await run_ingest(plan, client=client, lake=lake, started_at=STARTED)
+        quarterly = [r for r in simulator.requests if r.params.get("period") == "quarter"]
+    statements = read_dataset(lake, DATASETS["income_statement"])
+    assert set(statements["symbol"]) == set(symbols)
+    assert set(statements["period"]) == {"FY"}
+    assert len(report.failures) == 20
+    assert {f.rule for f in report.failures} == {"parameter refusal: 'period=quarter'"}
+    # Only the quarterly requests already in flight were sent; every annual one was.
+    assert len(quarterly) <= 3
+    assert sum(r.params.get("period") == "annual" for r in simulator.requests) == 20
+
+
+async def test_a_refusal_never_drops_rows_that_already_arrived(
+    fmp_server: SimulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Every answer is normalized on its own, so answers are in flight to a batch when the
+    # endpoint refusal arrives and cancels the requests still waiting.
+    monkeypatch.setattr(pipeline, "NORMALIZE_BATCH_ROWS", 1)
+    lake = LocalLake(tmp_path)
+    symbols = tuple(f"S{i:02d}" for i in range(40))
+    config = {
+        "plan_gated_symbols": frozenset({"S10"}),
+        "symbol_refusal": Refusal(text=RESTRICTED_ENDPOINT_TEXT),
+    }
+    async with fmp_server(**config) as (url, _):
+        report = await ingest(url, lake, symbols, concurrency=8)
+    landed = set(read_dataset(lake, DATASETS["prices"])["symbol"])
+    failed = {f.symbol for f in report.failures}
+    assert landed | failed == set(symbols)
+    assert landed & failed == set()
+    assert report.summaries[0].symbols_ok == len(landed)
+    assert report.summaries[0].rows == 10 * len(landed)
 
 
 async def test_bad_rows_go_to_quarantine_and_quirks_are_absorbed(
