@@ -325,6 +325,13 @@ def _statement(name: str, endpoint: str, fields: tuple[str, ...], what: str) -> 
         checks=(
             Check("missing period end", lambda pl: pl.col("date").is_null(), "date IS NULL"),
             Check("missing period", lambda pl: pl.col("period").is_null(), "period IS NULL"),
+            # Without either, nothing says when the figures became public: a backtest could
+            # use them too early. With the filing date only, Gold counts them from that day.
+            Check(
+                "no acceptance or filing time",
+                lambda pl: pl.col("accepted_date").is_null() & pl.col("filing_date").is_null(),
+                "accepted_date IS NULL AND filing_date IS NULL",
+            ),
         ),
         prefer_newest="accepted_date",
     )

@@ -23,7 +23,7 @@ from stock_pipeline.datasets import (
     ColumnType,
     Dataset,
 )
-from stock_pipeline.market_calendar import EARLIEST_SESSION, sessions_between
+from stock_pipeline.market_calendar import EARLIEST_SESSION, NEW_YORK, sessions_between
 
 __all__ = [
     "BRONZE_LINEAGE",
@@ -381,16 +381,32 @@ SELECT symbol, date, open, high, low, close, volume, daily_return, log_return,
 FROM windows"""
 
 
+def _public_on(alias: str) -> str:
+    """The New York day a statement became public: its SEC acceptance or, without one (FMP
+    leaves it out now and then), its filing date. Silver holds no statement with neither."""
+    return (
+        f"COALESCE(CAST(from_utc_timestamp({alias}.accepted_date, '{NEW_YORK}') AS DATE), "
+        f"{alias}.filing_date)"
+    )
+
+
 def fundamentals_pit_sql(tables: Tables) -> str:
     """Trailing-twelve-month fundamentals from quarterly statements, each row stamped with the
-    moment it became public (`known_from`, the SEC acceptance time), never the period end."""
+    day it became public (`known_from`): the latest SEC acceptance of the statements behind it,
+    never the period end, and never earlier for a statement that lacks one."""
     quarter = "period IN ('Q1', 'Q2', 'Q3', 'Q4')"
     ttm = "OVER (PARTITION BY symbol ORDER BY date ROWS BETWEEN 3 PRECEDING AND CURRENT ROW)"
+    statements = ("i", "b", "c")
+    public_on = ", ".join(_public_on(a) for a in statements)
+    unaccepted = " OR ".join(f"{a}.accepted_date IS NULL" for a in statements)
     return f"""CREATE OR REPLACE VIEW {tables.name("fundamentals_pit")} AS
 WITH quarters AS (
   SELECT i.symbol, i.date, i.period, i.fiscal_year, i.reported_currency,
-    GREATEST(i.accepted_date, b.accepted_date, c.accepted_date) AS accepted_at,
-    i.revenue, i.net_income, i.eps_diluted, i.weighted_average_shs_out_dil,
+    GREATEST(i.accepted_date, b.accepted_date, c.accepted_date) AS _accepted_at,
+    GREATEST({public_on}) AS _public_on,
+    CASE WHEN {unaccepted} THEN 1 ELSE 0 END AS _by_filing_date,
+    i.revenue, i.net_income, i.eps_diluted, i.weighted_average_shs_out,
+    i.weighted_average_shs_out_dil,
     c.free_cash_flow, c.operating_cash_flow,
     b.total_assets, b.total_liabilities, b.total_stockholders_equity
   FROM {tables.name("silver_income_statement")} AS i
@@ -403,7 +419,9 @@ WITH quarters AS (
   SELECT *,
     COUNT(*) {ttm} AS _quarters,
     MIN(date) {ttm} AS _first_period_end,
-    MAX(accepted_at) {ttm} AS known_at,
+    MAX(_public_on) {ttm} AS _known_from,
+    MAX(_accepted_at) {ttm} AS _known_at,
+    MAX(_by_filing_date) {ttm} AS _any_by_filing_date,
     SUM(revenue) {ttm} AS _revenue_4q,
     SUM(net_income) {ttm} AS _net_income_4q,
     SUM(eps_diluted) {ttm} AS _eps_diluted_4q,
@@ -415,44 +433,49 @@ WITH quarters AS (
   SELECT *, _quarters = 4 AND DATEDIFF(date, _first_period_end) BETWEEN 250 AND 300 AS _full_year
   FROM trailing
 )
-SELECT symbol, date AS period_end, period, fiscal_year, reported_currency, known_at,
-  CAST(from_utc_timestamp(known_at, 'America/New_York') AS DATE) AS known_from,
+SELECT symbol, date AS period_end, period, fiscal_year, reported_currency,
+  CASE WHEN _any_by_filing_date = 0 THEN _known_at END AS known_at,
+  _known_from AS known_from,
+  CASE WHEN _any_by_filing_date = 1 THEN 'filing_date' ELSE 'acceptance' END AS known_from_source,
   CASE WHEN _full_year THEN _revenue_4q END AS ttm_revenue,
   CASE WHEN _full_year THEN _net_income_4q END AS ttm_net_income,
   CASE WHEN _full_year THEN _eps_diluted_4q END AS ttm_eps_diluted,
   CASE WHEN _full_year THEN _free_cash_flow_4q END AS ttm_free_cash_flow,
   CASE WHEN _full_year THEN _operating_cash_flow_4q END AS ttm_operating_cash_flow,
   total_assets, total_liabilities, total_stockholders_equity,
+  weighted_average_shs_out AS shares_outstanding,
   weighted_average_shs_out_dil AS diluted_shares
 FROM complete"""
 
 
 def daily_features_sql(tables: Tables) -> str:
     """Prices joined with the fundamentals known on each date: a filing counts from the day after
-    it was accepted (acceptance is often after the close). Of the filings known on a date, the one
-    for the latest period counts, so a late filing for an older quarter never replaces it."""
+    it became public (acceptance is often after the close). Of the filings known on a date, the
+    one for the latest period counts, so a late filing for an older quarter never replaces it.
+    Market value uses the basic shares outstanding, as FMP and most screens do."""
+    market_cap = "close * shares_outstanding"
     return f"""CREATE OR REPLACE VIEW {tables.name("daily_features")} AS
 WITH pit AS (
   SELECT *, DATE_ADD(known_from, 1) AS usable_from FROM {tables.name("fundamentals_pit")}
 ), matched AS (
   SELECT p.symbol, p.date, p.close, p.volume,
-    f.period_end, f.known_from, f.ttm_revenue, f.ttm_net_income, f.ttm_eps_diluted,
-    f.ttm_free_cash_flow, f.diluted_shares, f.total_stockholders_equity,
-    ROW_NUMBER() OVER (PARTITION BY p.symbol, p.date ORDER BY f.period_end DESC, f.known_at DESC)
+    f.period_end, f.known_from, f.known_from_source, f.ttm_revenue, f.ttm_net_income,
+    f.ttm_eps_diluted, f.ttm_free_cash_flow, f.shares_outstanding, f.total_stockholders_equity,
+    ROW_NUMBER() OVER (PARTITION BY p.symbol, p.date ORDER BY f.period_end DESC, f.known_from DESC)
       AS _latest
   FROM {tables.name("silver_prices")} AS p
   LEFT JOIN pit AS f ON f.symbol = p.symbol AND f.usable_from <= p.date
 )
 SELECT symbol, date, close, volume,
   period_end AS fundamentals_period_end, known_from AS fundamentals_known_from,
+  known_from_source AS fundamentals_known_from_source,
   ttm_revenue, ttm_net_income, ttm_eps_diluted, ttm_free_cash_flow,
-  close * diluted_shares AS market_cap,
+  {market_cap} AS market_cap,
   CASE WHEN ttm_eps_diluted > 0 THEN close / ttm_eps_diluted END AS pe_ratio,
-  CASE WHEN ttm_revenue > 0 THEN close * diluted_shares / ttm_revenue END AS ps_ratio,
+  CASE WHEN ttm_revenue > 0 THEN {market_cap} / ttm_revenue END AS ps_ratio,
   CASE WHEN total_stockholders_equity > 0
-    THEN close * diluted_shares / total_stockholders_equity END AS pb_ratio,
-  CASE WHEN close * diluted_shares > 0
-    THEN ttm_free_cash_flow / (close * diluted_shares) END AS fcf_yield
+    THEN {market_cap} / total_stockholders_equity END AS pb_ratio,
+  CASE WHEN {market_cap} > 0 THEN ttm_free_cash_flow / ({market_cap}) END AS fcf_yield
 FROM matched
 WHERE _latest = 1"""
 

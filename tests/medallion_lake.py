@@ -39,6 +39,9 @@ CORRECTED_VOLUME = 4242
 STALE_DAY = dt.date(2025, 7, 2)
 NEW_SECTOR = "Utilities"
 BROKEN_DAY = dt.date(2025, 7, 3)
+UNACCEPTED_RUN = "20250731T040000Z-noaccept"
+STATEMENTS = ("income_statement", "balance_sheet", "cash_flow")
+NEW_YORK = "America/New_York"
 
 
 @dataclass(frozen=True)
@@ -107,6 +110,23 @@ def write_run_2(lake: MedallionLake) -> None:
     for day, frame in fixes.items():
         path = partition_path(prices, day, CORRECTION_RUN)
         lake.lake.write_file(path, encode_partition(prices, frame))
+    # FMP left the acceptance time out of MSFT's newest quarter when it was fetched again.
+    unaccepted_at = at + dt.timedelta(hours=1)
+    for name in STATEMENTS:
+        data = DATASETS[name]
+        newest = (
+            read_dataset(lake.lake, data)
+            .filter((pl.col("symbol") == "MSFT") & pl.col("period").str.starts_with("Q"))
+            .sort("date")
+            .tail(1)
+        )
+        refetched = newest.with_columns(
+            pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("accepted_date"),
+            pl.lit(unaccepted_at).alias("_ingested_at"),
+            pl.lit(UNACCEPTED_RUN).alias("_run_id"),
+        )
+        path = partition_path(data, unaccepted_at.date(), UNACCEPTED_RUN)
+        lake.lake.write_file(path, encode_partition(data, refetched))
     # Within the same night's batch: the sector changes, a copy repeats it, then it changes back.
     profile = DATASETS["profile"]
     original = read_dataset(lake.lake, profile).filter(pl.col("symbol") == "AAPL")
@@ -243,3 +263,85 @@ def assert_ttm_eps_and_pe_point_in_time(daily: pl.DataFrame, lake: LocalLake) ->
     # The filing counts from the day after it became public, never on its period end.
     assert between["ttm_eps_diluted"][-1] != after["ttm_eps_diluted"][0]
     assert checked == between.height + 1
+
+
+def public_days(lake: LocalLake) -> pl.DataFrame:
+    """Per symbol and quarter end: the New York day the figures Silver holds for its three
+    statements were all public. A statement's figures are public from the earliest acceptance of
+    any fetched version with the same figures; with no acceptance anywhere, from its filing date."""
+    days = []
+    for name in STATEMENTS:
+        data = DATASETS[name]
+        figures = [c.name for c in data.columns if c.name not in ("accepted_date", "filing_date")]
+        fingerprint = pl.struct(figures).hash().alias("_figures")
+        versions = read_dataset(lake, data, latest=False).with_columns(fingerprint)
+        first_public = versions.group_by("symbol", "date", "period", "_figures").agg(
+            pl.col("accepted_date").min().dt.convert_time_zone(NEW_YORK).dt.date(),
+            pl.col("filing_date").min(),
+        )
+        held = (
+            expected_silver(lake, name)
+            .with_columns(fingerprint)
+            .select("symbol", "date", "period", "_figures")
+        )
+        days.append(
+            held.join(first_public, on=["symbol", "date", "period", "_figures"])
+            .filter(pl.col("period").str.starts_with("Q"))
+            .select("symbol", "date", pl.coalesce("accepted_date", "filing_date").alias(name))
+        )
+    joined = days[0].join(days[1], on=["symbol", "date"]).join(days[2], on=["symbol", "date"])
+    return joined.select("symbol", "date", pl.max_horizontal(*STATEMENTS).alias("public_on"))
+
+
+def assert_no_look_ahead(daily: pl.DataFrame, lake: LocalLake) -> int:
+    """Every `daily` row (symbol, date, fundamentals_period_end) uses only quarters whose three
+    statements were public before that session: the quarter it names and the three before it that
+    the trailing sums add. Returns the number of rows checked."""
+    public = public_days(lake)
+    quarters = {
+        symbol: frame.sort("date").rows()
+        for (symbol,), frame in public.group_by("symbol")  # rows: (symbol, date, public_on)
+    }
+    checked, look_ahead = 0, []
+    for symbol, day, period_end in daily.select(
+        "symbol", "date", "fundamentals_period_end"
+    ).iter_rows():
+        if period_end is None:
+            continue
+        behind = [q for q in quarters[symbol] if q[1] <= period_end][-4:]
+        assert behind[-1][1] == period_end, (symbol, period_end)
+        look_ahead += [(symbol, day, q[1], q[2]) for q in behind if not q[2] < day]
+        checked += 1
+    assert look_ahead == [], f"{len(look_ahead)} look-ahead rows, first {look_ahead[:3]}"
+    return checked
+
+
+def unaccepted_quarter(lake: LocalLake) -> tuple[dt.date, dt.date]:
+    """MSFT's quarter refetched without acceptance times: its end and its latest filing date."""
+    rows = [
+        read_dataset(lake, DATASETS[name]).filter(pl.col("_run_id") == UNACCEPTED_RUN)
+        for name in STATEMENTS
+    ]
+    assert all(r.height == 1 for r in rows)
+    return rows[0]["date"][0], max(r["filing_date"][0] for r in rows)
+
+
+def assert_unaccepted_quarter_counts_from_its_filing_date(
+    pit: pl.DataFrame, daily: pl.DataFrame, lake: LocalLake
+) -> None:
+    """`pit` (fundamentals_pit) and `daily` (daily_features) of MSFT: the quarter without
+    acceptance times is known from its filing date, flagged so, and used from the day after."""
+    period_end, filed = unaccepted_quarter(lake)
+    row = pit.filter(pl.col("period_end") == period_end)
+    assert row.select("known_from", "known_from_source", "known_at").row(0) == (
+        filed,
+        "filing_date",
+        None,
+    )
+    assert set(pit.filter(pl.col("period_end") != period_end)["known_from_source"]) == {
+        "acceptance"
+    }
+    using = daily.filter(pl.col("fundamentals_period_end") == period_end)
+    assert using.height > 0
+    assert using["date"].min() > filed
+    assert set(using["fundamentals_known_from_source"]) == {"filing_date"}

@@ -34,8 +34,10 @@ from tests.medallion_lake import (
     PRICE_FEATURES,
     TODAY,
     MedallionLake,
+    assert_no_look_ahead,
     assert_price_features_match,
     assert_ttm_eps_and_pe_point_in_time,
+    assert_unaccepted_quarter_counts_from_its_filing_date,
     expected_silver,
 )
 
@@ -277,7 +279,38 @@ def test_gold_is_the_same_on_sail_and_in_the_duckdb_lakehouse(
 
 
 def test_gold_known_from_is_the_new_york_day(spark: SparkSession, built: Built) -> None:
-    pit = gold(spark, f"SELECT known_at, known_from FROM {TABLES.name('fundamentals_pit')}")
+    pit = gold(
+        spark,
+        f"SELECT known_at, known_from FROM {TABLES.name('fundamentals_pit')} "
+        "WHERE known_from_source = 'acceptance'",
+    )
     expected = pit["known_at"].dt.convert_time_zone("America/New_York").dt.date()
     assert pit["known_from"].to_list() == expected.to_list()
     assert dt.date(2000, 1, 1) < min(pit["known_from"])
+
+
+def test_no_daily_feature_uses_a_statement_before_it_was_public(
+    spark: SparkSession, built: Built
+) -> None:
+    daily = gold(
+        spark,
+        f"SELECT symbol, date, fundamentals_period_end FROM {TABLES.name('daily_features')} "
+        "ORDER BY symbol, date",
+    )
+    assert assert_no_look_ahead(daily, built.lake) > 400
+
+
+def test_a_quarter_without_acceptance_times_counts_from_its_filing_date(
+    spark: SparkSession, built: Built
+) -> None:
+    pit = gold(
+        spark,
+        f"SELECT period_end, known_at, known_from, known_from_source "
+        f"FROM {TABLES.name('fundamentals_pit')} WHERE symbol = 'MSFT'",
+    )
+    daily = gold(
+        spark,
+        f"SELECT date, fundamentals_period_end, fundamentals_known_from_source "
+        f"FROM {TABLES.name('daily_features')} WHERE symbol = 'MSFT'",
+    )
+    assert_unaccepted_quarter_counts_from_its_filing_date(pit, daily, built.lake)

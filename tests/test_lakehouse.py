@@ -36,8 +36,10 @@ from tests.medallion_lake import (
     STALE_DAY,
     TODAY,
     MedallionLake,
+    assert_no_look_ahead,
     assert_price_features_match,
     assert_ttm_eps_and_pe_point_in_time,
+    assert_unaccepted_quarter_counts_from_its_filing_date,
     expected_silver,
     ingest_night,
     quarterly_filings,
@@ -151,6 +153,34 @@ def test_gold_price_features_match_polars(both_nights: tuple[LocalLake, Path]) -
         f"SELECT symbol, date, {', '.join(PRICE_FEATURES)} FROM price_features ORDER BY symbol, date",
     )
     assert_price_features_match(got, expected_silver(lake, "prices"))
+
+
+def test_no_daily_feature_uses_a_statement_before_it_was_public(
+    both_nights: tuple[LocalLake, Path],
+) -> None:
+    lake, database = both_nights
+    daily = table(
+        database,
+        "SELECT symbol, date, fundamentals_period_end FROM daily_features ORDER BY symbol, date",
+    )
+    assert assert_no_look_ahead(daily, lake) > 400
+
+
+def test_a_quarter_without_acceptance_times_counts_from_its_filing_date(
+    both_nights: tuple[LocalLake, Path],
+) -> None:
+    lake, database = both_nights
+    pit = table(
+        database,
+        "SELECT period_end, known_at, known_from, known_from_source FROM fundamentals_pit "
+        "WHERE symbol = 'MSFT'",
+    )
+    daily = table(
+        database,
+        "SELECT date, fundamentals_period_end, fundamentals_known_from_source FROM daily_features "
+        "WHERE symbol = 'MSFT'",
+    )
+    assert_unaccepted_quarter_counts_from_its_filing_date(pit, daily, lake)
 
 
 def test_ttm_eps_and_pe_are_point_in_time(both_nights: tuple[LocalLake, Path]) -> None:

@@ -394,6 +394,17 @@ def test_statement_without_a_period_is_quarantined() -> None:
     assert "missing period" in reasons(result)[0]
 
 
+def test_statement_without_acceptance_or_filing_time_is_quarantined() -> None:
+    (example,) = load(EXAMPLES["income_statement"])[:1]
+    second = dict(example, date="2023-09-30", period="Q4", acceptedDate=None)
+    undated = dict(example, acceptedDate=None, filingDate="")
+    filed_only = second
+    result = normalize("income_statement", [undated, filed_only])
+    assert reasons(result) == [{"no acceptance or filing time"}]
+    assert result.rows["accepted_date"].to_list() == [None]
+    assert result.rows["filing_date"].to_list() == [dt.date.fromisoformat(second["filingDate"])]
+
+
 def test_profile_without_a_company_name_is_quarantined() -> None:
     record = dict(load(EXAMPLES["profile"])[0], companyName="")
     result = normalize("profile", [record])
