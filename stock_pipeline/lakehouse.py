@@ -33,6 +33,7 @@ from stock_pipeline.lake import (
 from stock_pipeline.medallion import (
     GOLD_VIEWS,
     RESCUED_DATA,
+    RSI_TABLE,
     SOURCE_FILE,
     SOURCE_MODIFIED_AT,
     Tables,
@@ -45,7 +46,9 @@ from stock_pipeline.medallion import (
     gold_view_sql,
     keep_rejects_sql,
     merge_sql,
+    refresh_rsi,
     rejects_columns,
+    rsi_columns,
     runs_columns,
     scd2_merge_sql,
     silver_columns,
@@ -298,6 +301,10 @@ def _build_gold(con: duckdb.DuckDBPyConnection, today: dt.date) -> list[str]:
         con,
         "ref_exchange_sessions",
         pl.DataFrame({"session": sessions}, schema={"session": pl.Date}),
+    )
+    _create(con, RSI_TABLE, rsi_columns())
+    refresh_rsi(
+        lambda sql: _run(con, to_duckdb(sql)), lambda sql: _count(con, to_duckdb(sql)), TABLES
     )
     for name in GOLD_VIEWS:
         _run(con, to_duckdb(gold_view_sql(name, TABLES)))

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 from stock_pipeline.datasets import (
@@ -29,6 +29,7 @@ __all__ = [
     "BRONZE_LINEAGE",
     "COMPANY_ATTRIBUTES",
     "GOLD_VIEWS",
+    "RSI_TABLE",
     "SILVER_LINEAGE",
     "SOURCE_IS_NEWER",
     "TRADING_DAYS_PER_YEAR",
@@ -43,7 +44,12 @@ __all__ = [
     "keep_rejects_sql",
     "merge_condition",
     "merge_sql",
+    "refresh_rsi",
     "rejects_columns",
+    "rsi_columns",
+    "rsi_extend_sql",
+    "rsi_invalidate_sql",
+    "rsi_pending_sql",
     "runs_columns",
     "scd2_merge_sql",
     "silver_columns",
@@ -326,6 +332,152 @@ def _when(enough: str, expr: str) -> str:
     return f"CASE WHEN {enough} THEN {expr} END"
 
 
+#: Wilder's RSI period, as TA-Lib's default and every charting tool use it.
+RSI_PERIOD = 14
+#: Rows per symbol one extension pass adds: keeps (13/14)^-t within a double's range and exact.
+RSI_BLOCK_ROWS = 2000
+RSI_TABLE = "gold_rsi_14"
+
+
+def rsi_columns() -> tuple[Column, ...]:
+    """`gold_rsi_14`: per symbol and session, Wilder's smoothed average gain and loss and RSI(14),
+    with the close and session number they were computed from (the state the next night extends)."""
+    return (
+        Column("symbol", ColumnType.STRING),
+        Column("date", ColumnType.DATE),
+        Column("close", ColumnType.FLOAT),
+        Column("session_number", ColumnType.INT),
+        Column("avg_gain", ColumnType.FLOAT),
+        Column("avg_loss", ColumnType.FLOAT),
+        Column("rsi_14", ColumnType.FLOAT),
+    )
+
+
+def rsi_invalidate_sql(tables: Tables) -> str:
+    """Drop the RSI rows a changed Silver price makes wrong: from the first session (at or before
+    the last one computed) whose close changed or that arrived late, to the end; and every row of
+    a symbol with too few sessions for an average yet, which starts over once it has them."""
+    state, prices = tables.name(RSI_TABLE), tables.name("silver_prices")
+    return f"""MERGE INTO {state} AS t
+USING (
+  SELECT symbol, MIN(since) AS since FROM (
+    SELECT p.symbol, MIN(p.date) AS since
+    FROM {prices} AS p
+    JOIN (SELECT symbol, MAX(date) AS last_date FROM {state} GROUP BY symbol) AS l
+      ON l.symbol = p.symbol AND p.date <= l.last_date
+    LEFT JOIN {state} AS s ON s.symbol = p.symbol AND s.date = p.date
+    WHERE s.date IS NULL OR s.close <> p.close
+    GROUP BY p.symbol
+    UNION ALL
+    SELECT symbol, MIN(date) AS since FROM {state}
+    GROUP BY symbol HAVING MAX(session_number) <= {RSI_PERIOD}
+  ) AS changed
+  GROUP BY symbol
+) AS d
+ON t.symbol = d.symbol
+WHEN MATCHED AND t.date >= d.since THEN DELETE"""
+
+
+def rsi_extend_sql(tables: Tables, block_rows: int = RSI_BLOCK_ROWS) -> str:
+    """Add up to `block_rows` sessions per symbol to `gold_rsi_14`, carrying Wilder's averages.
+
+    Wilder: avg_t = (13 * avg_t-1 + x_t) / 14, seeded on a symbol's 15th session with the simple
+    means of its first 14 gains and losses (TA-Lib's RSI). From an anchor a with average A, that
+    recursion is exactly avg_t = r^t * (A * r^-a + sum over a < k <= t of x_k * r^-k / 14), with
+    r = 13/14: a running sum, which window functions compute. The anchor is the last row computed
+    (a = 0) or, for a symbol starting out, its seed (a = 15). A night adds one row per symbol;
+    every term is positive, so nothing cancels and the result is exact to rounding.
+    """
+    state, prices = tables.name(RSI_TABLE), tables.name("silver_prices")
+    # Doubles, not decimal literals: Spark would round 13.0 / 14.0 to six decimals.
+    n, r = RSI_PERIOD, f"(CAST({RSI_PERIOD - 1} AS DOUBLE) / {RSI_PERIOD})"
+    if block_rows <= n + 1:
+        raise ValueError(f"block_rows must exceed {n + 1}, the rows a new symbol's seed needs")
+    seed_rows = f"session_number BETWEEN 2 AND {n + 1}"
+    running = (
+        "OVER (PARTITION BY symbol ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
+    )
+    smoothed = {
+        side: f"POWER({r}, t) * (anchor_{side} * POWER({r}, -a) + COALESCE(sum_{side}, 0) / {n})"
+        for side in ("gain", "loss")
+    }
+    columns = [c.name for c in rsi_columns()]
+    return f"""MERGE INTO {state} AS t
+USING (
+  WITH last AS (
+    SELECT symbol, date AS last_date, close AS last_close, session_number AS last_number,
+      avg_gain AS last_gain, avg_loss AS last_loss
+    FROM (
+      SELECT *, ROW_NUMBER() OVER (PARTITION BY symbol ORDER BY date DESC) AS _recency FROM {state}
+    ) AS numbered
+    WHERE _recency = 1
+  ), fresh AS (
+    SELECT p.symbol, p.date, p.close, l.last_number, l.last_gain, l.last_loss,
+      ROW_NUMBER() OVER (PARTITION BY p.symbol ORDER BY p.date) AS t,
+      p.close - COALESCE(LAG(p.close) OVER (PARTITION BY p.symbol ORDER BY p.date), l.last_close)
+        AS change
+    FROM {prices} AS p
+    LEFT JOIN last AS l ON l.symbol = p.symbol
+    WHERE l.last_date IS NULL OR p.date > l.last_date
+  ), block AS (
+    SELECT *, COALESCE(last_number, 0) + t AS session_number,
+      GREATEST(change, 0) AS gain, GREATEST(-change, 0) AS loss
+    FROM fresh
+    WHERE t <= {block_rows}
+  ), anchored AS (
+    SELECT *,
+      CASE WHEN last_number IS NULL THEN {n + 1} ELSE 0 END AS a,
+      COALESCE(last_gain, AVG(CASE WHEN {seed_rows} THEN gain END) OVER (PARTITION BY symbol))
+        AS anchor_gain,
+      COALESCE(last_loss, AVG(CASE WHEN {seed_rows} THEN loss END) OVER (PARTITION BY symbol))
+        AS anchor_loss
+    FROM block
+  ), summed AS (
+    SELECT *,
+      SUM(CASE WHEN t > a THEN gain * POWER({r}, -t) END) {running} AS sum_gain,
+      SUM(CASE WHEN t > a THEN loss * POWER({r}, -t) END) {running} AS sum_loss
+    FROM anchored
+  ), averaged AS (
+    SELECT symbol, date, close, session_number,
+      CASE WHEN session_number > {n} THEN {smoothed["gain"]} END AS avg_gain,
+      CASE WHEN session_number > {n} THEN {smoothed["loss"]} END AS avg_loss
+    FROM summed
+  )
+  -- TA-Lib's rule: no movement at all over the averages reads 0.
+  SELECT *, CASE WHEN avg_gain + avg_loss < 1e-8 THEN CAST(0 AS DOUBLE)
+    ELSE 100 * avg_gain / (avg_gain + avg_loss) END AS rsi_14
+  FROM averaged
+) AS s
+ON t.symbol = s.symbol AND t.date = s.date
+WHEN NOT MATCHED THEN INSERT ({", ".join(columns)}) VALUES ({", ".join(f"s.{c}" for c in columns)})"""
+
+
+def rsi_pending_sql(tables: Tables) -> str:
+    """How many Silver prices `gold_rsi_14` has not reached yet (0: it is complete)."""
+    return f"""SELECT COUNT(*) AS pending FROM {tables.name("silver_prices")} AS p
+LEFT ANTI JOIN {tables.name(RSI_TABLE)} AS s ON s.symbol = p.symbol AND s.date = p.date"""
+
+
+def refresh_rsi(
+    run: Callable[[str], object],
+    count: Callable[[str], int],
+    tables: Tables,
+    *,
+    block_rows: int = RSI_BLOCK_ROWS,
+) -> int:
+    """Bring `gold_rsi_14` up to Silver on any engine (`run` executes a statement, `count` reads
+    one number): drop what changed prices made wrong, then extend it a block at a time. A night
+    takes one pass; returns the passes taken."""
+    run(rsi_invalidate_sql(tables))
+    passes, pending = 0, count(rsi_pending_sql(tables))
+    while pending:
+        run(rsi_extend_sql(tables, block_rows))
+        passes, before, pending = passes + 1, pending, count(rsi_pending_sql(tables))
+        if pending >= before:  # a pass that adds nothing would loop for ever
+            raise RuntimeError(f"{RSI_TABLE} did not grow: {pending} Silver prices still pending")
+    return passes
+
+
 def price_features_sql(tables: Tables) -> str:
     """Daily price features; a window value is NULL until the symbol has enough history."""
     ordered = "OVER (PARTITION BY symbol ORDER BY date)"
@@ -369,16 +521,19 @@ WITH base AS (
     {_when(f"{n} >= 20", f"STDDEV_SAMP(volume) {_window(20)}")} AS _sd_volume_20
   FROM base
 )
-SELECT symbol, date, open, high, low, close, volume, daily_return, log_return,
+SELECT w.symbol, w.date, open, high, low, w.close, volume, daily_return, log_return,
   return_5d, return_20d, return_60d, sma_20, sma_50, sma_200, volatility_20d, volatility_60d,
+  r.rsi_14,
   CASE WHEN _avg_loss_14 = 0 AND _avg_gain_14 = 0 THEN CAST(50 AS DOUBLE)
        WHEN _avg_loss_14 = 0 THEN CAST(100 AS DOUBLE)
-       ELSE 100 - 100 / (1 + _avg_gain_14 / _avg_loss_14) END AS rsi_14,
-  high_52w, low_52w, close / high_52w - 1 AS pct_from_52w_high, close / low_52w - 1 AS pct_from_52w_low,
-  close / _running_peak - 1 AS drawdown,
+       ELSE 100 - 100 / (1 + _avg_gain_14 / _avg_loss_14) END AS rsi_14_cutler,
+  high_52w, low_52w, w.close / high_52w - 1 AS pct_from_52w_high,
+  w.close / low_52w - 1 AS pct_from_52w_low,
+  w.close / _running_peak - 1 AS drawdown,
   avg_dollar_volume_20d,
   CASE WHEN _sd_volume_20 > 0 THEN (volume - _avg_volume_20) / _sd_volume_20 END AS volume_zscore_20d
-FROM windows"""
+FROM windows AS w
+LEFT JOIN {tables.name(RSI_TABLE)} AS r ON r.symbol = w.symbol AND r.date = w.date"""
 
 
 def _public_on(alias: str) -> str:

@@ -27,6 +27,7 @@ from stock_pipeline.datasets import (
 from stock_pipeline.medallion import (
     GOLD_VIEWS,
     RESCUED_DATA,
+    RSI_TABLE,
     SOURCE_FILE,
     SOURCE_MODIFIED_AT,
     Tables,
@@ -39,7 +40,9 @@ from stock_pipeline.medallion import (
     gold_view_sql,
     keep_rejects_sql,
     merge_sql,
+    refresh_rsi,
     rejects_columns,
+    rsi_columns,
     runs_columns,
     scd2_merge_sql,
     silver_columns,
@@ -424,6 +427,9 @@ def build_gold(spark: SparkSession, tables: Tables, engine: Engine = DATABRICKS,
     spark.sql(engine.create_table(sessions, (Column("session", ColumnType.DATE),)))
     frame = spark.createDataFrame(exchange_sessions(until), "session date")
     frame.write.format(engine.table_format).mode("overwrite").insertInto(sessions, overwrite=True)
+    rsi = tables.name(RSI_TABLE)
+    spark.sql(engine.create_table(rsi, rsi_columns(), cluster_by=("symbol", "date")))
+    refresh_rsi(spark.sql, lambda sql: int(spark.sql(sql).collect()[0][0]), tables)
     for name in GOLD_VIEWS:
         spark.sql(gold_view_sql(name, tables))
     return list(GOLD_VIEWS)
@@ -443,6 +449,7 @@ def maintenance_sql(tables: Tables) -> list[str]:
         silver = dim_company_columns() if dataset.kind == "profile" else silver_columns(dataset)
         columns[tables.name(silver_table(dataset))] = silver
     columns[tables.name("silver_rejects")] = rejects_columns()
+    columns[tables.name(RSI_TABLE)] = rsi_columns()
     statements = []
     for name, table_columns in columns.items():
         statements += [

@@ -17,8 +17,10 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import aiohttp
+import numpy as np
 import polars as pl
 import pytest
+import talib
 
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.fmp import FmpClient, RequestPacer, RetryPolicy
@@ -171,13 +173,15 @@ def price_features(prices: pl.DataFrame) -> pl.DataFrame:
             sma_200=close.rolling_mean(200).over("symbol"),
             return_5d=(close / close.shift(5) - 1).over("symbol"),
             volatility_20d=(log_return.rolling_std(20) * math.sqrt(252)).over("symbol"),
-            rsi_14=(100 - 100 / (1 + avg_gain / avg_loss)).over("symbol"),
+            rsi_14_cutler=(100 - 100 / (1 + avg_gain / avg_loss)).over("symbol"),
             drawdown=(close / close.cum_max() - 1).over("symbol"),
             high_52w=pl.col("high").rolling_max(252).over("symbol"),
         )
         # The first row of each symbol has no return: RSI's window starts at the second.
         .with_columns(
-            rsi_14=pl.when(pl.int_range(pl.len()).over("symbol") >= 14).then(pl.col("rsi_14"))
+            rsi_14_cutler=pl.when(pl.int_range(pl.len()).over("symbol") >= 14).then(
+                pl.col("rsi_14_cutler")
+            )
         )
     )
 
@@ -187,7 +191,7 @@ PRICE_FEATURES = (
     "sma_200",
     "return_5d",
     "volatility_20d",
-    "rsi_14",
+    "rsi_14_cutler",
     "drawdown",
     "high_52w",
 )
@@ -345,3 +349,20 @@ def assert_unaccepted_quarter_counts_from_its_filing_date(
     assert using.height > 0
     assert using["date"].min() > filed
     assert set(using["fundamentals_known_from_source"]) == {"filing_date"}
+
+
+def assert_rsi_is_talibs(got: pl.DataFrame, prices: pl.DataFrame) -> int:
+    """`got` (symbol, date, rsi_14) equals TA-Lib's RSI(close, 14) on the Silver `prices`, symbol
+    by symbol, to 1e-6: NULL exactly where TA-Lib has none yet. Returns the values compared."""
+    compared = 0
+    for (symbol,), history in prices.sort("symbol", "date").group_by("symbol", maintain_order=True):
+        expected = talib.RSI(history["close"].to_numpy(), timeperiod=14)
+        mine = got.filter(pl.col("symbol") == symbol).sort("date")
+        assert mine["date"].to_list() == history["date"].to_list(), symbol
+        actual = mine["rsi_14"].cast(pl.Float64).fill_null(float("nan")).to_numpy()
+        assert (np.isnan(actual) == np.isnan(expected)).all(), symbol
+        known = ~np.isnan(expected)
+        assert known.sum() > 200, symbol
+        assert np.abs(actual[known] - expected[known]).max() <= 1e-6, symbol
+        compared += int(known.sum())
+    return compared

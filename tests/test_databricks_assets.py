@@ -17,7 +17,7 @@ from databricks.bundles.jobs import Job
 from sqlglot import exp
 
 from stock_pipeline.datasets import DATASETS
-from stock_pipeline.medallion import GOLD_VIEWS, Tables, silver_columns, silver_table
+from stock_pipeline.medallion import GOLD_VIEWS, RSI_TABLE, Tables, silver_columns, silver_table
 from stock_pipeline.medallion_spark import bronze_sources, maintenance_sql
 from tests.support import REPO
 
@@ -114,7 +114,7 @@ def test_maintenance_statements_cover_every_table() -> None:
     expected = {s.table for s in bronze_sources("unused")} | {
         silver_table(d) for d in DATASETS.values()
     }
-    assert named == expected | {"silver_rejects"}
+    assert named == expected | {"silver_rejects", RSI_TABLE}
     assert all("RETAIN 168 HOURS" in s for s in statements if s.startswith("VACUUM"))
 
 

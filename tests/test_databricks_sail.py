@@ -36,6 +36,7 @@ from tests.medallion_lake import (
     MedallionLake,
     assert_no_look_ahead,
     assert_price_features_match,
+    assert_rsi_is_talibs,
     assert_ttm_eps_and_pe_point_in_time,
     assert_unaccepted_quarter_counts_from_its_filing_date,
     expected_silver,
@@ -225,6 +226,14 @@ def test_gold_price_features_match_polars(spark: SparkSession, built: Built) -> 
         f"FROM {TABLES.name('price_features')} ORDER BY symbol, date",
     )
     assert_price_features_match(got, expected_silver(built.lake, "prices"))
+
+
+def test_rsi_is_wilders_as_ta_lib_computes_it(spark: SparkSession, built: Built) -> None:
+    got = gold(
+        spark,
+        f"SELECT symbol, date, rsi_14 FROM {TABLES.name('price_features')} ORDER BY symbol, date",
+    )
+    assert assert_rsi_is_talibs(got, expected_silver(built.lake, "prices")) > 500
 
 
 def test_ttm_eps_and_pe_as_known_on_each_date(spark: SparkSession, built: Built) -> None:

@@ -25,8 +25,8 @@ from stock_pipeline.lake import (
     partition_path,
     read_dataset,
 )
-from stock_pipeline.lakehouse import build_lakehouse, run_query
-from stock_pipeline.medallion import silver_columns
+from stock_pipeline.lakehouse import TABLES, build_lakehouse, run_query, to_duckdb
+from stock_pipeline.medallion import refresh_rsi, silver_columns
 from stock_pipeline.simulator import Fault
 from tests.medallion_lake import (
     CORRECTED_DAY,
@@ -38,6 +38,7 @@ from tests.medallion_lake import (
     MedallionLake,
     assert_no_look_ahead,
     assert_price_features_match,
+    assert_rsi_is_talibs,
     assert_ttm_eps_and_pe_point_in_time,
     assert_unaccepted_quarter_counts_from_its_filing_date,
     expected_silver,
@@ -153,6 +154,84 @@ def test_gold_price_features_match_polars(both_nights: tuple[LocalLake, Path]) -
         f"SELECT symbol, date, {', '.join(PRICE_FEATURES)} FROM price_features ORDER BY symbol, date",
     )
     assert_price_features_match(got, expected_silver(lake, "prices"))
+
+
+def test_rsi_is_wilders_as_ta_lib_computes_it(both_nights: tuple[LocalLake, Path]) -> None:
+    lake, database = both_nights
+    got = table(database, "SELECT symbol, date, rsi_14 FROM price_features ORDER BY symbol, date")
+    assert assert_rsi_is_talibs(got, expected_silver(lake, "prices")) > 500
+
+
+def _rsi(database: Path) -> pl.DataFrame:
+    return table(database, "SELECT * FROM gold_rsi_14 ORDER BY symbol, date")
+
+
+def test_rsi_extends_night_by_night_and_equals_a_full_recompute(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    lake = copy_lake(lakes[0], tmp_path / "lake")
+    database = tmp_path / "nightly.duckdb"
+    build_lakehouse(lake, database, today=TODAY)
+    after_night_1 = _rsi(database)
+    # Night 2 lands (with its late volume correction and a broken row), then a close is corrected
+    # far back: the rows from that day on are computed again, the ones before it are kept.
+    shutil.copytree(lakes[1].root, lake.root, dirs_exist_ok=True)
+    prices = DATASETS["prices"]
+    old = read_dataset(lake, prices).filter(pl.col("date") == dt.date(2024, 6, 3))
+    fixed = old.with_columns(
+        (pl.col("close") * 1.01).alias("close"),
+        pl.col("high") * 1.01,
+        pl.lit(dt.datetime(2025, 7, 31, 5, tzinfo=dt.UTC)).alias("_ingested_at"),
+        pl.lit("20250731T050000Z-close").alias("_run_id"),
+    )
+    run = "20250731T050000Z-close"
+    lake.write_file(
+        partition_path(prices, dt.date(2024, 6, 3), run), encode_partition(prices, fixed)
+    )
+    build_lakehouse(lake, database, today=TODAY)
+    incremental = _rsi(database)
+
+    fresh = tmp_path / "fresh.duckdb"
+    build_lakehouse(lake, fresh, today=TODAY)
+    recomputed = _rsi(fresh)
+    assert incremental.height == recomputed.height > after_night_1.height
+    assert incremental.select("symbol", "date", "session_number").equals(
+        recomputed.select("symbol", "date", "session_number")
+    )
+    for side in ("avg_gain", "avg_loss", "rsi_14"):
+        assert (incremental[side] - recomputed[side]).abs().max() <= 1e-9, side
+    kept = after_night_1.filter(pl.col("date") < dt.date(2024, 6, 3))
+    assert (
+        incremental.join(kept, on=["symbol", "date"])
+        .filter(pl.col("rsi_14") != pl.col("rsi_14_right"))
+        .is_empty()
+    )
+    assert assert_rsi_is_talibs(incremental, expected_silver(lake, "prices")) > 500
+
+
+def test_rsi_reaches_a_long_history_in_blocks(
+    both_nights: tuple[LocalLake, Path], tmp_path: Path
+) -> None:
+    lake, built = both_nights
+    database = tmp_path / "blocks.duckdb"
+    shutil.copy(built, database)
+    with duckdb.connect(str(database)) as con:
+        con.execute("SET TimeZone = 'UTC'")
+        con.execute("DELETE FROM gold_rsi_14")
+        passes = refresh_rsi(
+            lambda sql: con.execute(to_duckdb(sql)).fetchall(),
+            lambda sql: int(con.execute(to_duckdb(sql)).fetchone()[0]),  # type: ignore[index]
+            TABLES,
+            block_rows=40,
+        )
+    assert passes == 10  # 395 sessions per symbol, 40 a pass
+    in_blocks, at_once = _rsi(database), _rsi(built)
+    assert in_blocks.select("symbol", "date", "session_number").equals(
+        at_once.select("symbol", "date", "session_number")
+    )
+    for side in ("avg_gain", "avg_loss", "rsi_14"):
+        assert (in_blocks[side] - at_once[side]).abs().max() <= 1e-9, side
+    assert assert_rsi_is_talibs(in_blocks, expected_silver(lake, "prices")) > 500
 
 
 def test_no_daily_feature_uses_a_statement_before_it_was_public(

@@ -1,6 +1,6 @@
 """The medallion SQL run on a real engine (DuckDB, through sqlglot's Databricks → DuckDB
 transpiler): the Silver MERGE's dedup, replay and late-correction rules, and the Gold price
-features against an independent polars computation."""
+features against an independent polars computation and TA-Lib."""
 
 from __future__ import annotations
 
@@ -14,8 +14,17 @@ import pytest
 import sqlglot
 
 from stock_pipeline.datasets import DATASETS
-from stock_pipeline.medallion import Tables, gold_view_sql, merge_sql, silver_columns
-from tests.medallion_lake import PRICE_FEATURES, assert_price_features_match
+from stock_pipeline.medallion import (
+    RSI_TABLE,
+    Tables,
+    create_table_sql,
+    gold_view_sql,
+    merge_sql,
+    refresh_rsi,
+    rsi_columns,
+    silver_columns,
+)
+from tests.medallion_lake import PRICE_FEATURES, assert_price_features_match, assert_rsi_is_talibs
 
 PRICES = DATASETS["prices"]
 COLUMNS = [c.name for c in silver_columns(PRICES)]
@@ -106,14 +115,22 @@ def test_price_features_match_an_independent_polars_computation(
             rows.append(price_row(symbol, day, round(close, 4), T1))
     load_batch(con, rows)
     con.execute(duck(merge_sql(PRICES, "batch", "silver_prices")))
-    con.execute(duck(gold_view_sql("price_features", Tables())))
-    result = con.execute(
-        f"SELECT symbol, date, {', '.join(PRICE_FEATURES)} FROM price_features ORDER BY symbol, date"
+    con.execute(duck(create_table_sql(RSI_TABLE, rsi_columns(), using=None)))
+    refresh_rsi(
+        lambda sql: con.execute(duck(sql)).fetchall(),
+        lambda sql: int(con.execute(duck(sql)).fetchall()[0][0]),
+        Tables(),
     )
-    schema = {"symbol": pl.String, "date": pl.Date, **dict.fromkeys(PRICE_FEATURES, pl.Float64)}
+    con.execute(duck(gold_view_sql("price_features", Tables())))
+    features = [*PRICE_FEATURES, "rsi_14"]
+    result = con.execute(
+        f"SELECT symbol, date, {', '.join(features)} FROM price_features ORDER BY symbol, date"
+    )
+    schema = {"symbol": pl.String, "date": pl.Date, **dict.fromkeys(features, pl.Float64)}
     got = pl.DataFrame(result.fetchall(), schema=schema, orient="row")
     assert got.height == 600
-    assert_price_features_match(got, pl.DataFrame(rows))
+    assert_price_features_match(got.drop("rsi_14"), pl.DataFrame(rows))
+    assert assert_rsi_is_talibs(got, pl.DataFrame(rows)) == 2 * (300 - 14)
     # No partial windows: the 20-day average starts on each symbol's 20th session.
     first = got.filter(pl.col("symbol") == "AAA")["sma_20"]
     assert first[:19].is_null().all()
