@@ -358,9 +358,10 @@ def rsi_invalidate_sql(tables: Tables) -> str:
     the last one computed) whose close changed or that arrived late, to the end; and every row of
     a symbol with too few sessions for an average yet, which starts over once it has them."""
     state, prices = tables.name(RSI_TABLE), tables.name("silver_prices")
+    # A change at or before the seed (the 15th session) changes the seed: the symbol starts over.
     return f"""MERGE INTO {state} AS t
 USING (
-  SELECT symbol, MIN(since) AS since FROM (
+  SELECT c.symbol, MIN(c.since) AS since, MIN(g.seed_date) AS seed_date FROM (
     SELECT p.symbol, MIN(p.date) AS since
     FROM {prices} AS p
     JOIN (SELECT symbol, MAX(date) AS last_date FROM {state} GROUP BY symbol) AS l
@@ -371,11 +372,15 @@ USING (
     UNION ALL
     SELECT symbol, MIN(date) AS since FROM {state}
     GROUP BY symbol HAVING MAX(session_number) <= {RSI_PERIOD}
-  ) AS changed
-  GROUP BY symbol
+  ) AS c
+  LEFT JOIN (
+    SELECT symbol, MIN(CASE WHEN session_number = {RSI_PERIOD + 1} THEN date END) AS seed_date
+    FROM {state} GROUP BY symbol
+  ) AS g ON g.symbol = c.symbol
+  GROUP BY c.symbol
 ) AS d
 ON t.symbol = d.symbol
-WHEN MATCHED AND t.date >= d.since THEN DELETE"""
+WHEN MATCHED AND (t.date >= d.since OR d.since <= d.seed_date) THEN DELETE"""
 
 
 def rsi_extend_sql(tables: Tables, block_rows: int = RSI_BLOCK_ROWS) -> str:
@@ -391,8 +396,9 @@ def rsi_extend_sql(tables: Tables, block_rows: int = RSI_BLOCK_ROWS) -> str:
     state, prices = tables.name(RSI_TABLE), tables.name("silver_prices")
     # Doubles, not decimal literals: Spark would round 13.0 / 14.0 to six decimals.
     n, r = RSI_PERIOD, f"(CAST({RSI_PERIOD - 1} AS DOUBLE) / {RSI_PERIOD})"
-    if block_rows <= n + 1:
-        raise ValueError(f"block_rows must exceed {n + 1}, the rows a new symbol's seed needs")
+    if not n + 1 < block_rows <= 5000:
+        # Below: a new symbol's seed needs n + 1 rows. Above: r^-t nears a double's limit.
+        raise ValueError(f"block_rows must be from {n + 2} to 5000, not {block_rows}")
     seed_rows = f"session_number BETWEEN 2 AND {n + 1}"
     running = (
         "OVER (PARTITION BY symbol ORDER BY t ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)"
@@ -444,7 +450,7 @@ USING (
     FROM summed
   )
   -- TA-Lib's rule: no movement at all over the averages reads 0.
-  SELECT *, CASE WHEN avg_gain + avg_loss < 1e-8 THEN CAST(0 AS DOUBLE)
+  SELECT *, CASE WHEN avg_gain + avg_loss = 0 THEN CAST(0 AS DOUBLE)
     ELSE 100 * avg_gain / (avg_gain + avg_loss) END AS rsi_14
   FROM averaged
 ) AS s
@@ -538,7 +544,8 @@ LEFT JOIN {tables.name(RSI_TABLE)} AS r ON r.symbol = w.symbol AND r.date = w.da
 
 def _public_on(alias: str) -> str:
     """The New York day a statement became public: its SEC acceptance or, without one (FMP
-    leaves it out now and then), its filing date. Silver holds no statement with neither."""
+    leaves it out now and then), its filing date. NULL with neither (which the registry's checks
+    keep out of Silver, but a table may hold rows from before that check)."""
     return (
         f"COALESCE(CAST(from_utc_timestamp({alias}.accepted_date, '{NEW_YORK}') AS DATE), "
         f"{alias}.filing_date)"
@@ -552,13 +559,17 @@ def fundamentals_pit_sql(tables: Tables) -> str:
     quarter = "period IN ('Q1', 'Q2', 'Q3', 'Q4')"
     ttm = "OVER (PARTITION BY symbol ORDER BY date ROWS BETWEEN 3 PRECEDING AND CURRENT ROW)"
     statements = ("i", "b", "c")
-    public_on = ", ".join(_public_on(a) for a in statements)
+    # Fail closed: GREATEST and MAX skip NULLs, which would date a quarter by its other
+    # statements (or by older quarters); an undatable statement makes its rows never usable.
+    days = [_public_on(a) for a in statements]
+    undatable = " OR ".join(f"{day} IS NULL" for day in days)
+    public_on = f"CASE WHEN {undatable} THEN NULL ELSE GREATEST({', '.join(days)}) END"
     unaccepted = " OR ".join(f"{a}.accepted_date IS NULL" for a in statements)
     return f"""CREATE OR REPLACE VIEW {tables.name("fundamentals_pit")} AS
 WITH quarters AS (
   SELECT i.symbol, i.date, i.period, i.fiscal_year, i.reported_currency,
     GREATEST(i.accepted_date, b.accepted_date, c.accepted_date) AS _accepted_at,
-    GREATEST({public_on}) AS _public_on,
+    {public_on} AS _public_on,
     CASE WHEN {unaccepted} THEN 1 ELSE 0 END AS _by_filing_date,
     i.revenue, i.net_income, i.eps_diluted, i.weighted_average_shs_out,
     i.weighted_average_shs_out_dil,
@@ -574,7 +585,8 @@ WITH quarters AS (
   SELECT *,
     COUNT(*) {ttm} AS _quarters,
     MIN(date) {ttm} AS _first_period_end,
-    MAX(_public_on) {ttm} AS _known_from,
+    CASE WHEN COUNT(_public_on) {ttm} = COUNT(*) {ttm} THEN MAX(_public_on) {ttm} END
+      AS _known_from,
     MAX(_accepted_at) {ttm} AS _known_at,
     MAX(_by_filing_date) {ttm} AS _any_by_filing_date,
     SUM(revenue) {ttm} AS _revenue_4q,
@@ -598,7 +610,7 @@ SELECT symbol, date AS period_end, period, fiscal_year, reported_currency,
   CASE WHEN _full_year THEN _free_cash_flow_4q END AS ttm_free_cash_flow,
   CASE WHEN _full_year THEN _operating_cash_flow_4q END AS ttm_operating_cash_flow,
   total_assets, total_liabilities, total_stockholders_equity,
-  weighted_average_shs_out AS shares_outstanding,
+  weighted_average_shs_out AS basic_shares,
   weighted_average_shs_out_dil AS diluted_shares
 FROM complete"""
 
@@ -607,15 +619,16 @@ def daily_features_sql(tables: Tables) -> str:
     """Prices joined with the fundamentals known on each date: a filing counts from the day after
     it became public (acceptance is often after the close). Of the filings known on a date, the
     one for the latest period counts, so a late filing for an older quarter never replaces it.
-    Market value uses the basic shares outstanding, as FMP and most screens do."""
-    market_cap = "close * shares_outstanding"
+    Market value uses the quarter's weighted average basic shares (the statements carry no
+    period-end share count)."""
+    market_cap = "close * basic_shares"
     return f"""CREATE OR REPLACE VIEW {tables.name("daily_features")} AS
 WITH pit AS (
   SELECT *, DATE_ADD(known_from, 1) AS usable_from FROM {tables.name("fundamentals_pit")}
 ), matched AS (
   SELECT p.symbol, p.date, p.close, p.volume,
     f.period_end, f.known_from, f.known_from_source, f.ttm_revenue, f.ttm_net_income,
-    f.ttm_eps_diluted, f.ttm_free_cash_flow, f.shares_outstanding, f.total_stockholders_equity,
+    f.ttm_eps_diluted, f.ttm_free_cash_flow, f.basic_shares, f.total_stockholders_equity,
     ROW_NUMBER() OVER (PARTITION BY p.symbol, p.date ORDER BY f.period_end DESC, f.known_from DESC)
       AS _latest
   FROM {tables.name("silver_prices")} AS p

@@ -234,6 +234,53 @@ def test_rsi_reaches_a_long_history_in_blocks(
     assert assert_rsi_is_talibs(in_blocks, expected_silver(lake, "prices")) > 500
 
 
+def test_an_undatable_statement_in_silver_is_never_used(
+    both_nights: tuple[LocalLake, Path], tmp_path: Path
+) -> None:
+    _, built = both_nights
+    database = tmp_path / "undatable.duckdb"
+    shutil.copy(built, database)
+    quarters = table(
+        database,
+        "SELECT date FROM silver_balance_sheet WHERE symbol = 'AAPL' AND period LIKE 'Q%' "
+        "ORDER BY date",
+    )["date"].to_list()
+    # A row from before the check that quarantines statements with neither time.
+    with duckdb.connect(str(database)) as con:
+        con.execute(
+            "UPDATE silver_balance_sheet SET accepted_date = NULL, filing_date = NULL "
+            f"WHERE symbol = 'AAPL' AND period LIKE 'Q%' AND date = DATE '{quarters[-4]}'"
+        )
+    pit = table(
+        database, "SELECT period_end, known_from FROM fundamentals_pit WHERE symbol = 'AAPL'"
+    )
+    # The quarter and the three trailing rows that add it have no date; the others keep theirs.
+    undated = pit.filter(pl.col("known_from").is_null())["period_end"].sort().to_list()
+    assert undated == quarters[-4:]
+    used = table(
+        database,
+        "SELECT DISTINCT fundamentals_period_end FROM daily_features WHERE symbol = 'AAPL'",
+    )
+    assert set(used["fundamentals_period_end"]) & set(quarters[-4:]) == set()
+    assert quarters[-5] in set(used["fundamentals_period_end"])
+
+
+def test_market_cap_is_the_close_times_the_quarters_basic_shares(
+    both_nights: tuple[LocalLake, Path],
+) -> None:
+    _, database = both_nights
+    rows = table(
+        database,
+        "SELECT d.close, d.market_cap, i.weighted_average_shs_out AS basic, "
+        "i.weighted_average_shs_out_dil AS diluted FROM daily_features AS d "
+        "JOIN silver_income_statement AS i ON i.symbol = d.symbol "
+        "AND i.date = d.fundamentals_period_end AND i.period LIKE 'Q%'",
+    )
+    assert rows.height > 300
+    assert (rows["market_cap"] - rows["close"] * rows["basic"]).abs().max() <= 1e-3
+    assert (rows["basic"] != rows["diluted"]).all()  # the test tells the two apart
+
+
 def test_no_daily_feature_uses_a_statement_before_it_was_public(
     both_nights: tuple[LocalLake, Path],
 ) -> None:

@@ -9,9 +9,11 @@ import math
 import random
 
 import duckdb
+import numpy as np
 import polars as pl
 import pytest
 import sqlglot
+import talib
 
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.medallion import (
@@ -135,3 +137,64 @@ def test_price_features_match_an_independent_polars_computation(
     first = got.filter(pl.col("symbol") == "AAA")["sma_20"]
     assert first[:19].is_null().all()
     assert first[19] is not None
+
+
+def _refresh_rsi(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    refresh_rsi(
+        lambda sql: con.execute(duck(sql)).fetchall(),
+        lambda sql: int(con.execute(duck(sql)).fetchall()[0][0]),
+        Tables(),
+        block_rows=100,
+    )
+    rows = con.execute(f"SELECT symbol, date, rsi_14 FROM {RSI_TABLE} ORDER BY symbol, date")
+    schema = {"symbol": pl.String, "date": pl.Date, "rsi_14": pl.Float64}
+    return pl.DataFrame(rows.fetchall(), schema=schema, orient="row")
+
+
+def _silver_prices(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
+    rows = con.execute("SELECT symbol, date, close FROM silver_prices ORDER BY symbol, date")
+    schema = {"symbol": pl.String, "date": pl.Date, "close": pl.Float64}
+    return pl.DataFrame(rows.fetchall(), schema=schema, orient="row")
+
+
+def _assert_rsi_is_talibs_for_every_symbol(con: duckdb.DuckDBPyConnection) -> None:
+    got, prices = _refresh_rsi(con), _silver_prices(con)
+    for (symbol,), history in prices.group_by("symbol"):
+        expected = talib.RSI(history["close"].to_numpy(), timeperiod=14)
+        actual = got.filter(pl.col("symbol") == symbol)["rsi_14"].fill_null(float("nan"))
+        assert (actual.is_nan().to_numpy() == np.isnan(expected)).all(), symbol
+        known = ~np.isnan(expected)
+        if known.any():
+            assert np.abs(actual.to_numpy()[known] - expected[known]).max() <= 1e-6, symbol
+
+
+def test_rsi_follows_corrections_late_sessions_young_symbols_and_flat_stretches(
+    con: duckdb.DuckDBPyConnection,
+) -> None:
+    con.execute(duck(create_table_sql(RSI_TABLE, rsi_columns(), using=None)))
+    merge = duck(merge_sql(PRICES, "batch", "silver_prices"))
+    rng = random.Random(11)
+    days = [dt.date(2023, 1, 1) + dt.timedelta(days=i) for i in range(400)]
+    walk, close = [], 50.0
+    for _ in days:
+        close *= math.exp(rng.gauss(0, 0.02))
+        walk.append(round(close, 4))
+    late = days[200]  # a session that arrives a night after the ones around it
+    first_night = [price_row("OLD", d, c, T1) for d, c in zip(days, walk, strict=True) if d != late]
+    first_night += [price_row("YOUNG", d, c, T1) for d, c in zip(days[:10], walk[:10], strict=True)]
+    # Flat for 150 sessions, then a move of a hundredth of a cent that is then held.
+    flat = [5.0] * 20 + [5.0001] * 130 + [5.0] * 250
+    first_night += [price_row("FLAT", d, c, T1) for d, c in zip(days, flat, strict=True)]
+    load_batch(con, first_night)
+    con.execute(merge)
+    _assert_rsi_is_talibs_for_every_symbol(con)
+
+    second_night = [
+        price_row("OLD", late, walk[200], T2),
+        price_row("OLD", days[5], walk[5] * 1.01, T2),  # a correction inside the seed
+        *(price_row("YOUNG", d, c, T2) for d, c in zip(days[10:18], walk[10:18], strict=True)),
+    ]
+    load_batch(con, second_night)
+    con.execute(merge)
+    _assert_rsi_is_talibs_for_every_symbol(con)
+    assert _refresh_rsi(con).filter(pl.col("symbol") == "YOUNG")["rsi_14"].drop_nulls().len() == 4
