@@ -2,11 +2,12 @@
 # MAGIC %md
 # MAGIC # Gold: the views analysts query
 # MAGIC
-# MAGIC Refreshes `ref_exchange_sessions` (the NYSE calendar) and (re)creates the Gold views, all
+# MAGIC Refreshes `ref_exchange_sessions` (the NYSE calendar), extends `gold_rsi_14` (Wilder's RSI,
+# MAGIC carried night to night: only new sessions are computed) and (re)creates the Gold views, all
 # MAGIC generated from the dataset registry: `price_features`, `fundamentals_pit` (trailing twelve
-# MAGIC months as known on each date, joined on the SEC acceptance time, never the period end),
+# MAGIC months as known on each date, dated by the SEC acceptance time, never the period end),
 # MAGIC `daily_features` (market cap, P/E, P/S, P/B, FCF yield) and `data_health`. Views read
-# MAGIC Silver as it is now, so there is nothing to refresh between runs.
+# MAGIC Silver as it is now.
 
 # COMMAND ----------
 
