@@ -177,7 +177,7 @@ QUARANTINE_COLUMNS: tuple[Column, ...] = (
     Column(INGESTED_AT_COLUMN, ColumnType.TIMESTAMP),
 )
 
-Kind = Literal["prices", "statement", "profile"]
+Kind = Literal["prices", "statement", "profile", "events"]
 Partition = Literal["date", "ingest_date"]
 
 
@@ -426,6 +426,34 @@ DATASETS: dict[str, Dataset] = {
                     "company_name IS NULL",
                 ),
             ),
+        ),
+        Dataset(
+            name="splits",
+            endpoint="splits",
+            kind="events",
+            description=(
+                "Stock splits, every one FMP knows for the symbol: on `date` each share became "
+                "`numerator` / `denominator` shares (4:1 is 4 / 1)."
+            ),
+            columns=(
+                _fmp("symbol", ColumnType.STRING),
+                _fmp("date", ColumnType.DATE),
+                *_floats(("numerator", "denominator")),
+            ),
+            key=("symbol", "date"),
+            partition="ingest_date",
+            checks=(
+                Check(
+                    "missing or non-positive split ratio",
+                    lambda pl: pl.any_horizontal(
+                        pl.col(c).is_null() | (pl.col(c) <= 0) for c in ("numerator", "denominator")
+                    ),
+                    "numerator IS NULL OR denominator IS NULL OR numerator <= 0 OR denominator <= 0",
+                ),
+                Check("missing split date", lambda pl: pl.col("date").is_null(), "date IS NULL"),
+            ),
+            # Not yet by default: one more request per ticker each night, for what changes rarely.
+            default=False,
         ),
     )
 }

@@ -120,11 +120,12 @@ INCOME_ENDPOINT: Final = "income-statement"
 BALANCE_ENDPOINT: Final = "balance-sheet-statement"
 CASH_FLOW_ENDPOINT: Final = "cash-flow-statement"
 PROFILE_ENDPOINT: Final = "profile"
+SPLITS_ENDPOINT: Final = "splits"
 _PRICE_ENDPOINTS: Final = frozenset(
     {PRICE_ENDPOINT, DIVIDEND_ADJUSTED_ENDPOINT, NON_SPLIT_ADJUSTED_ENDPOINT}
 )
 _STATEMENT_ENDPOINTS: Final = frozenset({INCOME_ENDPOINT, BALANCE_ENDPOINT, CASH_FLOW_ENDPOINT})
-ENDPOINTS: Final = _PRICE_ENDPOINTS | _STATEMENT_ENDPOINTS | {PROFILE_ENDPOINT}
+ENDPOINTS: Final = _PRICE_ENDPOINTS | _STATEMENT_ENDPOINTS | {PROFILE_ENDPOINT, SPLITS_ENDPOINT}
 
 DEFAULT_STATEMENT_LIMIT: Final = 5
 MAX_STATEMENT_LIMIT: Final = 1000
@@ -1063,11 +1064,31 @@ def _profile_rows(
     ]
 
 
+def _split_rows(
+    symbol: str, endpoint: str, params: Mapping[str, str], config: SimulatorConfig, today: date
+) -> list[Row]:
+    """A third of the symbols split 4:1 on one session of their history, and one in nine also 3:2
+    on an earlier one; newest first, as FMP lists them. (The simulated prices are a continuous
+    series, as FMP's split-adjusted ones are, so they need no change.)"""
+    h = _seed(symbol)
+    sessions = _session_dates(config.history_start, today)
+    if h % 3 or len(sessions) < 60:
+        return []
+    splits = [(sessions[30 + (h >> 4) % (len(sessions) - 30)], 4, 1)]
+    if h % 9 == 0:
+        splits.append((sessions[(h >> 12) % 30], 3, 2))
+    return [
+        {"symbol": symbol, "date": day, "numerator": numerator, "denominator": denominator}
+        for day, numerator, denominator in sorted(splits, reverse=True)
+    ]
+
+
 _RowBuilder = Callable[[str, str, Mapping[str, str], SimulatorConfig, date], list[Row]]
 _BUILDERS: Final[Mapping[str, _RowBuilder]] = {
     **dict.fromkeys(_PRICE_ENDPOINTS, _price_rows),
     **dict.fromkeys(_STATEMENT_ENDPOINTS, _statement_rows),
     PROFILE_ENDPOINT: _profile_rows,
+    SPLITS_ENDPOINT: _split_rows,
 }
 
 

@@ -31,7 +31,7 @@ from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
 from tests.support import API_KEY
 
 SYMBOLS = ("AAPL", "MSFT")
-DATASET_NAMES = ("prices", "income_statement", "balance_sheet", "cash_flow", "profile")
+DATASET_NAMES = ("prices", "income_statement", "balance_sheet", "cash_flow", "profile", "splits")
 TODAY = dt.date(2025, 7, 31)
 RUN_1 = ("20250725T020000Z-run1", dt.date(2024, 1, 2), dt.date(2025, 7, 24))
 RUN_2 = ("20250731T020000Z-run2", dt.date(2025, 7, 25), dt.date(2025, 7, 30))

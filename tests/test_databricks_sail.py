@@ -153,7 +153,7 @@ def test_a_replayed_batch_leaves_silver_exact(built: Built) -> None:
     assert built.prices_after_run_1.height > 600
 
 
-@pytest.mark.parametrize("dataset", ["prices", *STATEMENTS])
+@pytest.mark.parametrize("dataset", ["prices", *STATEMENTS, "splits"])
 def test_silver_on_delta_is_exact_after_corrections(
     spark: SparkSession, built: Built, dataset: str
 ) -> None:

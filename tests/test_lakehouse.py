@@ -67,7 +67,7 @@ def silver_frame(database: Path, dataset: str) -> pl.DataFrame:
 
 
 def assert_silver_exact(database: Path, lake: LocalLake) -> None:
-    for name in ("prices", "income_statement", "balance_sheet", "cash_flow"):
+    for name in ("prices", "income_statement", "balance_sheet", "cash_flow", "splits"):
         data = DATASETS[name]
         expected = expected_silver(lake, name).sort(list(data.key))
         got = silver_frame(database, name)

@@ -33,6 +33,7 @@ EXAMPLES = {
     "balance_sheet": "stable_balance-sheet-statement.json",
     "cash_flow": "stable_cash-flow-statement.json",
     "profile": "stable_profile.json",
+    "splits": "stable_splits.json",
 }
 
 # Hypothesis keeps no example database: the autouse fixture chdirs into tmp_path, and a database
@@ -403,6 +404,17 @@ def test_statement_without_acceptance_or_filing_time_is_quarantined() -> None:
     assert reasons(result) == [{"no acceptance or filing time"}]
     assert result.rows["accepted_date"].to_list() == [None]
     assert result.rows["filing_date"].to_list() == [dt.date.fromisoformat(second["filingDate"])]
+
+
+def test_splits_keep_their_ratio_and_quarantine_an_impossible_one() -> None:
+    good, other = load(EXAMPLES["splits"])
+    zero = dict(other, date="2000-06-21", denominator=0)
+    result = normalize("splits", [good, other, zero])
+    assert result.rows.select("date", "numerator", "denominator").rows() == [
+        (dt.date(2014, 6, 9), 7.0, 1.0),
+        (dt.date(2020, 8, 31), 4.0, 1.0),
+    ]
+    assert reasons(result) == [{"missing or non-positive split ratio"}]
 
 
 def test_profile_without_a_company_name_is_quarantined() -> None:

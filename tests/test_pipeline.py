@@ -20,7 +20,14 @@ from stock_pipeline import pipeline
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.errors import ExitCode, FmpAuthError, LakeWriteError
 from stock_pipeline.fmp import FmpClient, RequestPacer, RetryPolicy
-from stock_pipeline.lake import LocalLake, S3Lake, StoredFile, read_dataset, read_manifests
+from stock_pipeline.lake import (
+    LocalLake,
+    S3Lake,
+    StoredFile,
+    dataset_files,
+    read_dataset,
+    read_manifests,
+)
 from stock_pipeline.market_calendar import sessions_between
 from stock_pipeline.pipeline import RunReport, run_ingest
 from stock_pipeline.plan import plan_run
@@ -104,6 +111,25 @@ async def test_lands_a_lake_in_s3_and_reads_it_back(
     assert {f["path"] for f in manifest["files"]} == {
         k.removeprefix("fmp/") for k in keys if "/_runs/" not in k
     }
+
+
+async def test_splits_land_once_per_run_with_every_split_fmp_lists(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = LocalLake(tmp_path)
+    async with fmp_server() as (url, simulator):
+        report = await ingest(url, lake, ("AAPL", "BA", "MSFT"), ("splits",))
+    assert [r.endpoint for r in simulator.requests] == ["splits"] * 3
+    [summary] = report.summaries
+    assert summary.symbols_without_data == ("MSFT",)  # the simulator's MSFT never split
+    splits = read_dataset(lake, DATASETS["splits"])
+    assert splits.group_by("symbol").len().sort("symbol").rows() == [("AAPL", 1), ("BA", 2)]
+    assert set(zip(splits["numerator"], splits["denominator"], strict=True)) == {
+        (4.0, 1.0),
+        (3.0, 2.0),
+    }
+    [path] = dataset_files(lake, DATASETS["splits"])
+    assert path.startswith(f"raw/splits/ingest_date={STARTED.date()}/")
 
 
 async def test_a_capped_price_window_is_split_and_fetched_again(

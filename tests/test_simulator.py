@@ -21,7 +21,7 @@ from urllib.error import HTTPError
 import aiohttp
 import pytest
 
-from stock_pipeline.market_calendar import sessions_between
+from stock_pipeline.market_calendar import is_session, sessions_between
 from stock_pipeline.simulator import (
     Fault,
     FaultKind,
@@ -235,6 +235,19 @@ async def test_gated_endpoint_gets_402_plain_text() -> None:
             "Restricted Endpoint: This endpoint is not available under your current subscription"
         )
         assert (await api.get(FULL, symbol="AAPL")).status == 200
+
+
+async def test_splits_are_sessions_newest_first_and_the_same_every_time() -> None:
+    async with running(SimulatorConfig(api_key=KEY, today=TODAY)) as api:
+        first = await api.rows("splits", symbol="BA")
+        again = await api.rows("splits", symbol="BA")
+        none = await api.rows("splits", symbol="MSFT")
+    assert first == again
+    assert none == []
+    assert [(r["numerator"], r["denominator"]) for r in first] == [(4, 1), (3, 2)]
+    days = [date.fromisoformat(r["date"]) for r in first]
+    assert days == sorted(days, reverse=True)
+    assert all(is_session(day) for day in days)
 
 
 async def test_refusals_come_in_the_configured_wording_status_and_form() -> None:
