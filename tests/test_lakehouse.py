@@ -166,6 +166,14 @@ def _rsi(database: Path) -> pl.DataFrame:
     return table(database, "SELECT * FROM gold_rsi_14 ORDER BY symbol, date")
 
 
+def assert_same_rsi(got: pl.DataFrame, expected: pl.DataFrame) -> None:
+    """Two `gold_rsi_14` tables hold the same sessions and, to rounding, the same values."""
+    keys = ("symbol", "date", "session_number")
+    assert got.select(keys).equals(expected.select(keys))
+    for side in ("avg_gain", "avg_loss", "rsi_14"):
+        assert (got[side] - expected[side]).abs().max() <= 1e-9, side
+
+
 def test_rsi_extends_night_by_night_and_equals_a_full_recompute(
     lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
 ) -> None:
@@ -194,12 +202,8 @@ def test_rsi_extends_night_by_night_and_equals_a_full_recompute(
     fresh = tmp_path / "fresh.duckdb"
     build_lakehouse(lake, fresh, today=TODAY)
     recomputed = _rsi(fresh)
-    assert incremental.height == recomputed.height > after_night_1.height
-    assert incremental.select("symbol", "date", "session_number").equals(
-        recomputed.select("symbol", "date", "session_number")
-    )
-    for side in ("avg_gain", "avg_loss", "rsi_14"):
-        assert (incremental[side] - recomputed[side]).abs().max() <= 1e-9, side
+    assert incremental.height > after_night_1.height
+    assert_same_rsi(incremental, recomputed)
     kept = after_night_1.filter(pl.col("date") < dt.date(2024, 6, 3))
     assert (
         incremental.join(kept, on=["symbol", "date"])
@@ -225,12 +229,8 @@ def test_rsi_reaches_a_long_history_in_blocks(
             block_rows=40,
         )
     assert passes == 10  # 395 sessions per symbol, 40 a pass
-    in_blocks, at_once = _rsi(database), _rsi(built)
-    assert in_blocks.select("symbol", "date", "session_number").equals(
-        at_once.select("symbol", "date", "session_number")
-    )
-    for side in ("avg_gain", "avg_loss", "rsi_14"):
-        assert (in_blocks[side] - at_once[side]).abs().max() <= 1e-9, side
+    in_blocks = _rsi(database)
+    assert_same_rsi(in_blocks, _rsi(built))
     assert assert_rsi_is_talibs(in_blocks, expected_silver(lake, "prices")) > 500
 
 
