@@ -33,6 +33,7 @@ from stock_pipeline.lake import (
 from stock_pipeline.medallion import (
     GOLD_VIEWS,
     RESCUED_DATA,
+    RSI_BLOCK_ROWS,
     RSI_TABLE,
     SOURCE_FILE,
     SOURCE_MODIFIED_AT,
@@ -62,6 +63,7 @@ __all__ = [
     "bronze_frame",
     "build_lakehouse",
     "manifest_files",
+    "refresh_rsi_table",
     "run_query",
     "runs_frame",
     "to_duckdb",
@@ -292,6 +294,18 @@ def _first_price(con: duckdb.DuckDBPyConnection) -> dt.date | None:
     return first if isinstance(first, dt.date) else None
 
 
+def refresh_rsi_table(con: duckdb.DuckDBPyConnection, *, block_rows: int = RSI_BLOCK_ROWS) -> int:
+    """Create `gold_rsi_14` if needed and bring it up to Silver (see `medallion.refresh_rsi`);
+    returns the passes it took."""
+    _create(con, RSI_TABLE, rsi_columns())
+    return refresh_rsi(
+        lambda sql: _run(con, to_duckdb(sql)),
+        lambda sql: _count(con, to_duckdb(sql)),
+        TABLES,
+        block_rows=block_rows,
+    )
+
+
 def _build_gold(con: duckdb.DuckDBPyConnection, today: dt.date) -> list[str]:
     _run(con, "CREATE OR REPLACE TABLE ref_exchange_sessions (session DATE)")
     # Gaps are counted between a symbol's first and last price: older sessions are not needed.
@@ -302,10 +316,7 @@ def _build_gold(con: duckdb.DuckDBPyConnection, today: dt.date) -> list[str]:
         "ref_exchange_sessions",
         pl.DataFrame({"session": sessions}, schema={"session": pl.Date}),
     )
-    _create(con, RSI_TABLE, rsi_columns())
-    refresh_rsi(
-        lambda sql: _run(con, to_duckdb(sql)), lambda sql: _count(con, to_duckdb(sql)), TABLES
-    )
+    refresh_rsi_table(con)
     for name in GOLD_VIEWS:
         _run(con, to_duckdb(gold_view_sql(name, TABLES)))
     return list(GOLD_VIEWS)

@@ -25,8 +25,8 @@ from stock_pipeline.lake import (
     partition_path,
     read_dataset,
 )
-from stock_pipeline.lakehouse import TABLES, build_lakehouse, run_query, to_duckdb
-from stock_pipeline.medallion import refresh_rsi, silver_columns
+from stock_pipeline.lakehouse import build_lakehouse, refresh_rsi_table, run_query
+from stock_pipeline.medallion import silver_columns
 from stock_pipeline.simulator import Fault
 from tests.medallion_lake import (
     CORRECTED_DAY,
@@ -222,12 +222,7 @@ def test_rsi_reaches_a_long_history_in_blocks(
     with duckdb.connect(str(database)) as con:
         con.execute("SET TimeZone = 'UTC'")
         con.execute("DELETE FROM gold_rsi_14")
-        passes = refresh_rsi(
-            lambda sql: con.execute(to_duckdb(sql)).fetchall(),
-            lambda sql: int(con.execute(to_duckdb(sql)).fetchone()[0]),  # type: ignore[index]
-            TABLES,
-            block_rows=40,
-        )
+        passes = refresh_rsi_table(con, block_rows=40)
     assert passes == 10  # 395 sessions per symbol, 40 a pass
     in_blocks = _rsi(database)
     assert_same_rsi(in_blocks, _rsi(built))

@@ -16,14 +16,12 @@ import sqlglot
 import talib
 
 from stock_pipeline.datasets import DATASETS
+from stock_pipeline.lakehouse import refresh_rsi_table
 from stock_pipeline.medallion import (
     RSI_TABLE,
     Tables,
-    create_table_sql,
     gold_view_sql,
     merge_sql,
-    refresh_rsi,
-    rsi_columns,
     silver_columns,
 )
 from tests.medallion_lake import PRICE_FEATURES, assert_price_features_match, assert_rsi_is_talibs
@@ -117,12 +115,7 @@ def test_price_features_match_an_independent_polars_computation(
             rows.append(price_row(symbol, day, round(close, 4), T1))
     load_batch(con, rows)
     con.execute(duck(merge_sql(PRICES, "batch", "silver_prices")))
-    con.execute(duck(create_table_sql(RSI_TABLE, rsi_columns(), using=None)))
-    refresh_rsi(
-        lambda sql: con.execute(duck(sql)).fetchall(),
-        lambda sql: int(con.execute(duck(sql)).fetchall()[0][0]),
-        Tables(),
-    )
+    refresh_rsi_table(con)
     con.execute(duck(gold_view_sql("price_features", Tables())))
     features = [*PRICE_FEATURES, "rsi_14"]
     result = con.execute(
@@ -140,12 +133,7 @@ def test_price_features_match_an_independent_polars_computation(
 
 
 def _refresh_rsi(con: duckdb.DuckDBPyConnection) -> pl.DataFrame:
-    refresh_rsi(
-        lambda sql: con.execute(duck(sql)).fetchall(),
-        lambda sql: int(con.execute(duck(sql)).fetchall()[0][0]),
-        Tables(),
-        block_rows=100,
-    )
+    refresh_rsi_table(con, block_rows=100)
     rows = con.execute(f"SELECT symbol, date, rsi_14 FROM {RSI_TABLE} ORDER BY symbol, date")
     schema = {"symbol": pl.String, "date": pl.Date, "rsi_14": pl.Float64}
     return pl.DataFrame(rows.fetchall(), schema=schema, orient="row")
@@ -171,7 +159,6 @@ def _assert_rsi_is_talibs_for_every_symbol(con: duckdb.DuckDBPyConnection) -> No
 def test_rsi_follows_corrections_late_sessions_young_symbols_and_flat_stretches(
     con: duckdb.DuckDBPyConnection,
 ) -> None:
-    con.execute(duck(create_table_sql(RSI_TABLE, rsi_columns(), using=None)))
     merge = duck(merge_sql(PRICES, "batch", "silver_prices"))
     rng = random.Random(11)
     days = [dt.date(2023, 1, 1) + dt.timedelta(days=i) for i in range(400)]
