@@ -9,8 +9,9 @@ import sys
 import time
 from collections.abc import Callable, Iterator
 from contextlib import ExitStack, contextmanager
+from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Annotated, Any
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 import typer
 from rich.console import Console
@@ -524,6 +525,17 @@ def demo(
     raise typer.Exit(int(code))
 
 
+class StatementBasisChoice(StrEnum):
+    """`medallion.StatementBasis` as a command-line choice."""
+
+    FETCHED = "fetched"
+    FILED = "filed"
+
+    @property
+    def basis(self) -> Literal["fetched", "filed"]:
+        return "fetched" if self is StatementBasisChoice.FETCHED else "filed"
+
+
 @app.command()
 def lakehouse(
     lake: Annotated[
@@ -539,6 +551,14 @@ def lakehouse(
         str | None,
         typer.Option("--query", help="SQL to run once the tables are built; prints the rows."),
     ] = None,
+    statement_basis: Annotated[
+        StatementBasisChoice,
+        typer.Option(
+            "--statement-basis",
+            help="Share basis of FMP's per-share statement figures: fetched (restated for every "
+            "split up to the fetch, as FMP's payloads show) or filed (as filed with the SEC).",
+        ),
+    ] = StatementBasisChoice.FETCHED,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Build the Databricks Bronze, Silver and Gold tables from a local lake, in a DuckDB file."""
@@ -564,7 +584,9 @@ def lakehouse(
 
     def build() -> ExitCode:
         try:
-            _print_lakehouse(build_lakehouse(LocalLake(lake), database))
+            _print_lakehouse(
+                build_lakehouse(LocalLake(lake), database, statement_basis=statement_basis.basis)
+            )
             if query:
                 _print_rows(*run_query(database, query))
         except StockPipelineError as error:

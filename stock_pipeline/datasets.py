@@ -196,6 +196,10 @@ class Dataset:
     #: When a response holds two rows for one key, the row with the largest value here wins.
     prefer_newest: str | None = None
     default: bool = True
+    #: Columns whose change makes a new version of a key. Silver keeps every version of such a
+    #: dataset besides the newest row (statements: point-in-time Gold needs what was known when);
+    #: when the times alone change, the figures are the same version. Empty: newest row only.
+    figures: tuple[str, ...] = ()
 
     @property
     def partition_in_data(self) -> bool:
@@ -334,6 +338,7 @@ def _statement(name: str, endpoint: str, fields: tuple[str, ...], what: str) -> 
             ),
         ),
         prefer_newest="accepted_date",
+        figures=("reported_currency", *(c.name for c in _floats(fields))),
     )
 
 

@@ -31,12 +31,14 @@ from stock_pipeline.lake import (
     read_partition_file,
 )
 from stock_pipeline.medallion import (
+    DEFAULT_STATEMENT_BASIS,
     GOLD_VIEWS,
     RESCUED_DATA,
     RSI_BLOCK_ROWS,
     RSI_TABLE,
     SOURCE_FILE,
     SOURCE_MODIFIED_AT,
+    StatementBasis,
     Tables,
     bronze_columns,
     bronze_table,
@@ -52,8 +54,12 @@ from stock_pipeline.medallion import (
     rsi_columns,
     runs_columns,
     scd2_merge_sql,
+    seed_versions_sql,
     silver_columns,
     silver_table,
+    versions_columns,
+    versions_merge_sql,
+    versions_table,
 )
 
 __all__ = [
@@ -136,6 +142,11 @@ def _create_tables(con: duckdb.DuckDBPyConnection) -> None:
             target,
             dim_company_columns() if dataset.kind == "profile" else silver_columns(dataset),
         )
+        if dataset.figures:
+            _create(con, versions_table(dataset), versions_columns(dataset))
+            if not _count(con, f"SELECT COUNT(*) FROM {versions_table(dataset)}"):
+                # A database built before the table existed: Bronze holds every fetch.
+                _run(con, to_duckdb(seed_versions_sql(dataset, TABLES)))
     _create(con, bronze_table("quarantine"), bronze_columns(None))
     _create(con, bronze_table("runs"), runs_columns())
     _create(con, "silver_rejects", rejects_columns())
@@ -190,6 +201,8 @@ def _merge_new_rows(con: duckdb.DuckDBPyConnection, dataset: Dataset, batch: str
         _run(con, to_duckdb(scd2_merge_sql("_passing", target)))
     else:
         _run(con, to_duckdb(merge_sql(dataset, "_passing", target)))
+    if dataset.figures:
+        _run(con, to_duckdb(versions_merge_sql(dataset, "_passing", versions_table(dataset))))
     count = _count(con, f"SELECT COUNT(*) FROM ({to_duckdb(rejected)})")
     if count:
         _run(con, to_duckdb(keep_rejects_sql(dataset, rejected, "silver_rejects")))
@@ -306,7 +319,7 @@ def refresh_rsi_table(con: duckdb.DuckDBPyConnection, *, block_rows: int = RSI_B
     )
 
 
-def _build_gold(con: duckdb.DuckDBPyConnection, today: dt.date) -> list[str]:
+def _build_gold(con: duckdb.DuckDBPyConnection, today: dt.date, basis: StatementBasis) -> list[str]:
     _run(con, "CREATE OR REPLACE TABLE ref_exchange_sessions (session DATE)")
     # Gaps are counted between a symbol's first and last price: older sessions are not needed.
     since = _first_price(con) or today
@@ -318,14 +331,19 @@ def _build_gold(con: duckdb.DuckDBPyConnection, today: dt.date) -> list[str]:
     )
     refresh_rsi_table(con)
     for name in GOLD_VIEWS:
-        _run(con, to_duckdb(gold_view_sql(name, TABLES)))
+        _run(con, to_duckdb(gold_view_sql(name, TABLES, basis)))
     return list(GOLD_VIEWS)
 
 
 def build_lakehouse(
-    lake: LocalLake, database: Path, *, today: dt.date | None = None
+    lake: LocalLake,
+    database: Path,
+    *,
+    today: dt.date | None = None,
+    statement_basis: StatementBasis = DEFAULT_STATEMENT_BASIS,
 ) -> LakehouseReport:
-    """Load new lake files into Bronze, merge them into Silver, and (re)create the Gold views."""
+    """Load new lake files into Bronze, merge them into Silver, and (re)create the Gold views
+    (`statement_basis`: the share basis of FMP's statements, see `medallion.StatementBasis`)."""
     if not lake.list_files("raw"):
         raise LakeError(f"{lake.uri} has no raw/ folder: run `stock-pipeline ingest` into it first")
     try:
@@ -339,7 +357,7 @@ def build_lakehouse(
         loaded = {str(row[0]) for row in _run(con, f"SELECT path FROM {LOADED_FILES}")}
         datasets = {name: _load_dataset(con, lake, d, loaded) for name, d in DATASETS.items()}
         new_runs = _load_runs(con, lake, loaded)
-        views = _build_gold(con, today or dt.date.today())
+        views = _build_gold(con, today or dt.date.today(), statement_basis)
     except duckdb.Error as error:
         raise LakehouseError(
             f"building the lakehouse in {database} failed, nothing of the failed dataset was "

@@ -12,6 +12,7 @@ import datetime as dt
 import re
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 from stock_pipeline.datasets import (
     DATASETS,
@@ -28,11 +29,13 @@ from stock_pipeline.market_calendar import EARLIEST_SESSION, NEW_YORK, sessions_
 __all__ = [
     "BRONZE_LINEAGE",
     "COMPANY_ATTRIBUTES",
+    "DEFAULT_STATEMENT_BASIS",
     "GOLD_VIEWS",
     "RSI_TABLE",
     "SILVER_LINEAGE",
     "SOURCE_IS_NEWER",
     "TRADING_DAYS_PER_YEAR",
+    "StatementBasis",
     "Tables",
     "bronze_table",
     "check_split_sql",
@@ -52,8 +55,12 @@ __all__ = [
     "rsi_pending_sql",
     "runs_columns",
     "scd2_merge_sql",
+    "seed_versions_sql",
     "silver_columns",
     "silver_table",
+    "versions_columns",
+    "versions_merge_sql",
+    "versions_table",
 ]
 
 SOURCE_FILE = "_source_file"
@@ -251,6 +258,124 @@ def merge_sql(dataset: Dataset, source: str, target: str) -> str:
     )
 
 
+FILED_BEFORE = "_filed_before"
+LAST_SEEN_AT = "_last_seen_at"
+FILED_UNTIL = "_filed_until"
+
+
+def versions_table(dataset: Dataset) -> str:
+    """Every version of a dataset's keys (datasets with `figures`: the statements)."""
+    return f"silver_{dataset.name}_versions"
+
+
+def versions_columns(dataset: Dataset) -> tuple[Column, ...]:
+    """A versions table's columns: Silver's, with `_ingested_at` the fetch that first saw the
+    version; `_filed_before`, the newest filing day (acceptance, else filing date) any fetch of
+    the key showed before that; and, for the version that is newest, `_last_seen_at` and
+    `_filed_until`, the last fetch that showed it and the newest filing day seen up to it."""
+    return (
+        *silver_columns(dataset),
+        Column(FILED_BEFORE, ColumnType.DATE),
+        Column(LAST_SEEN_AT, ColumnType.TIMESTAMP),
+        Column(FILED_UNTIL, ColumnType.DATE),
+    )
+
+
+def versions_merge_sql(dataset: Dataset, source: str, target: str) -> str:
+    """Keep each new version of a key from the fetches in `source`: a fetch whose figures differ
+    from the fetch before it (in `source`, in ingest order, or else the newest version `target`
+    holds). The same figures again, or with only their times changed, add nothing but bring the
+    newest version's `_last_seen_at` and `_filed_until` forward; figures that change back are a
+    version too (FMP reverted them). A fetch no newer than the last one seen is a replay or came
+    out of order, as Silver's MERGE ignores it, and adds nothing, so a replayed batch changes
+    nothing. Figures compare with `<=>`, not through a hash of their text, which would depend on
+    how an engine prints a double."""
+    columns = [c.name for c in silver_columns(dataset)]
+    keys = ", ".join(dataset.key)
+    on = " AND ".join(f"n.{k} = s.{k}" for k in dataset.key)
+    window = f"PARTITION BY {keys} ORDER BY {INGESTED_AT_COLUMN}"
+    same = " AND ".join(f"{f} <=> _previous_{f}" for f in dataset.figures)
+    previous = ",\n      ".join(
+        f"CASE WHEN _first THEN _newest_{f} ELSE LAG({f}) OVER ({window}) END AS _previous_{f}"
+        for f in dataset.figures
+    )
+    newest_figures = [f"_newest_{f}" for f in dataset.figures]
+    newest_columns = ", ".join(f"{f} AS _newest_{f}" for f in dataset.figures)
+    own_day = (
+        f"COALESCE(CAST(from_utc_timestamp(accepted_date, '{NEW_YORK}') AS DATE), filing_date)"
+    )
+    inserted = [*columns, FILED_BEFORE, LAST_SEEN_AT, FILED_UNTIL]
+    return f"""MERGE INTO {target} AS t
+USING (
+  WITH sightings AS (
+    SELECT {", ".join(columns)}, {own_day} AS _own_day,
+      ROW_NUMBER() OVER (PARTITION BY {keys}, {INGESTED_AT_COLUMN} ORDER BY {SOURCE_FILE} DESC)
+        AS _same_moment
+    FROM {source}
+  ), newest AS (
+    SELECT {keys}, {INGESTED_AT_COLUMN} AS _newest_at, {LAST_SEEN_AT} AS _newest_seen,
+      {FILED_UNTIL} AS _newest_filed, {newest_columns}
+    FROM (
+      SELECT *, ROW_NUMBER() OVER (PARTITION BY {keys} ORDER BY {INGESTED_AT_COLUMN} DESC)
+        AS _recency
+      FROM {target}
+    ) AS ranked WHERE _recency = 1
+  ), fresh AS (
+    SELECT s.*, n._newest_at, n._newest_seen, n._newest_filed,
+      {", ".join(f"n.{c}" for c in newest_figures)}, n._newest_at IS NOT NULL AS _has_newest,
+      ROW_NUMBER() OVER (PARTITION BY {", ".join(f"s.{k}" for k in dataset.key)}
+        ORDER BY s.{INGESTED_AT_COLUMN}) = 1 AS _first
+    FROM sightings AS s LEFT JOIN newest AS n ON {on}
+    WHERE s._same_moment = 1 AND (n._newest_seen IS NULL OR s.{INGESTED_AT_COLUMN} > n._newest_seen)
+  ), compared AS (
+    SELECT *,
+      {previous},
+      GREATEST(MAX(_own_day) OVER ({window} ROWS BETWEEN UNBOUNDED PRECEDING AND 1 PRECEDING),
+        _newest_filed) AS {FILED_BEFORE},
+      GREATEST(MAX(_own_day) OVER ({window} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW),
+        _newest_filed) AS _filed_through
+    FROM fresh
+  ), flagged AS (
+    SELECT *,
+      CASE WHEN _first AND NOT _has_newest THEN 1 WHEN {same} THEN 0 ELSE 1 END AS _changed
+    FROM compared
+  ), grouped AS (
+    SELECT *, SUM(_changed) OVER ({window} ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW)
+      AS _group
+    FROM flagged
+  ), spans AS (
+    SELECT *,
+      MAX({INGESTED_AT_COLUMN}) OVER (PARTITION BY {keys}, _group) AS _group_seen,
+      MAX(_filed_through) OVER (PARTITION BY {keys}, _group) AS _group_filed,
+      ROW_NUMBER() OVER (PARTITION BY {keys}, _group ORDER BY {INGESTED_AT_COLUMN}) AS _in_group
+    FROM grouped
+  )
+  -- New versions: the first fetch of each change.
+  SELECT CAST(NULL AS TIMESTAMP) AS _match_at, {", ".join(columns)}, {FILED_BEFORE},
+    _group_seen AS {LAST_SEEN_AT}, _group_filed AS {FILED_UNTIL}
+  FROM spans WHERE _changed = 1
+  UNION ALL
+  -- Fetches that repeat the newest version held: it was seen again.
+  SELECT _newest_at AS _match_at, {", ".join(columns)}, {FILED_BEFORE},
+    _group_seen AS {LAST_SEEN_AT}, _group_filed AS {FILED_UNTIL}
+  FROM spans WHERE _group = 0 AND _in_group = 1
+) AS s
+ON {" AND ".join(f"t.{k} = s.{k}" for k in dataset.key)} AND t.{INGESTED_AT_COLUMN} = s._match_at
+WHEN MATCHED THEN UPDATE SET {LAST_SEEN_AT} = s.{LAST_SEEN_AT}, {FILED_UNTIL} = s.{FILED_UNTIL}
+WHEN NOT MATCHED AND s._match_at IS NULL THEN
+  INSERT ({", ".join(inserted)}) VALUES ({", ".join(f"s.{c}" for c in inserted)})"""
+
+
+def seed_versions_sql(dataset: Dataset, tables: Tables) -> str:
+    """Fill a versions table from Bronze, which holds every fetch: for a lake whose Silver was
+    built before the table existed (its stream is past those rows). Safe on a table that has
+    rows: fetches it has seen add nothing."""
+    passing, _ = check_split_sql(dataset, tables.name(bronze_table(dataset)))
+    return versions_merge_sql(
+        dataset, f"({passing}) AS bronze", tables.name(versions_table(dataset))
+    )
+
+
 def keep_rejects_sql(dataset: Dataset, rejected: str, target: str) -> str:
     """Keep rejected rows once: a replayed batch finds them already there."""
     own = {c.name for c in silver_columns(dataset)} | {"dataset", REASON_COLUMN}
@@ -316,6 +441,13 @@ WHEN NOT MATCHED AND m._merge_key IS NULL THEN
 
 # --- Gold -------------------------------------------------------------------------------------
 
+#: Which share basis FMP's statements carry for per-share figures and share counts: "fetched",
+#: the basis of the day they were fetched (FMP restates past quarters for every later split, as
+#: its AAPL statements show), or "filed", the basis of their SEC filing (as filed, ASC 260
+#: restating only for splits before the filing). docs/medallion.md has the evidence.
+StatementBasis = Literal["fetched", "filed"]
+DEFAULT_STATEMENT_BASIS: StatementBasis = "fetched"
+
 
 def _window(rows: int | None = None, *, order: str = "date") -> str:
     frame = (
@@ -357,7 +489,7 @@ def rsi_invalidate_sql(tables: Tables) -> str:
     """Drop the RSI rows a changed Silver price makes wrong: from the first session (at or before
     the last one computed) whose close changed or that arrived late, to the end; and every row of
     a symbol with too few sessions for an average yet, which starts over once it has them."""
-    state, prices = tables.name(RSI_TABLE), tables.name("silver_prices")
+    state, prices = tables.name(RSI_TABLE), adjusted_prices_sql(tables)
     # A change at or before the seed (the 15th session) changes the seed: the symbol starts over.
     return f"""MERGE INTO {state} AS t
 USING (
@@ -393,7 +525,7 @@ def rsi_extend_sql(tables: Tables, block_rows: int = RSI_BLOCK_ROWS) -> str:
     (a = 0) or, for a symbol starting out, its seed (a = 15). A night adds one row per symbol;
     every term is positive, so nothing cancels and the result is exact to rounding.
     """
-    state, prices = tables.name(RSI_TABLE), tables.name("silver_prices")
+    state, prices = tables.name(RSI_TABLE), adjusted_prices_sql(tables)
     # Doubles, not decimal literals: Spark would round 13.0 / 14.0 to six decimals.
     n, r = RSI_PERIOD, f"(CAST({RSI_PERIOD - 1} AS DOUBLE) / {RSI_PERIOD})"
     if not n + 1 < block_rows <= 5000:
@@ -460,7 +592,7 @@ WHEN NOT MATCHED THEN INSERT ({", ".join(columns)}) VALUES ({", ".join(f"s.{c}" 
 
 def rsi_pending_sql(tables: Tables) -> str:
     """How many Silver prices `gold_rsi_14` has not reached yet (0: it is complete)."""
-    return f"""SELECT COUNT(*) AS pending FROM {tables.name("silver_prices")} AS p
+    return f"""SELECT COUNT(*) AS pending FROM {adjusted_prices_sql(tables)} AS p
 LEFT ANTI JOIN {tables.name(RSI_TABLE)} AS s ON s.symbol = p.symbol AND s.date = p.date"""
 
 
@@ -484,8 +616,9 @@ def refresh_rsi(
     return passes
 
 
-def price_features_sql(tables: Tables) -> str:
+def price_features_sql(tables: Tables, basis: StatementBasis = DEFAULT_STATEMENT_BASIS) -> str:
     """Daily price features; a window value is NULL until the symbol has enough history."""
+    del basis  # prices only
     ordered = "OVER (PARTITION BY symbol ORDER BY date)"
     n = "_n"
     annualize = f"SQRT({TRADING_DAYS_PER_YEAR})"
@@ -511,7 +644,7 @@ WITH base AS (
     LN(close / LAG(close) {ordered}) AS log_return,
     GREATEST(close - LAG(close) {ordered}, 0) AS _gain,
     GREATEST(LAG(close) {ordered} - close, 0) AS _loss
-  FROM {tables.name("silver_prices")}
+  FROM {adjusted_prices_sql(tables)} AS p
 ), windows AS (
   SELECT *,
     {returns},
@@ -542,102 +675,297 @@ FROM windows AS w
 LEFT JOIN {tables.name(RSI_TABLE)} AS r ON r.symbol = w.symbol AND r.date = w.date"""
 
 
+_QUARTERS = "period IN ('Q1', 'Q2', 'Q3', 'Q4')"
+
+
+def _new_york_day(timestamp: str) -> str:
+    return f"CAST(from_utc_timestamp({timestamp}, '{NEW_YORK}') AS DATE)"
+
+
 def _public_on(alias: str) -> str:
     """The New York day a statement became public: its SEC acceptance or, without one (FMP
     leaves it out now and then), its filing date. NULL with neither (which the registry's checks
     keep out of Silver, but a table may hold rows from before that check)."""
+    return f"COALESCE({_new_york_day(f'{alias}.accepted_date')}, {alias}.filing_date)"
+
+
+def _split_steps(tables: Tables) -> str:
+    """Per symbol, from each split's date until the next: the log of the shares one original
+    share had become by then. A value on one day's share basis times exp(log at b - log at d) is
+    on day d's basis (prices and per-share figures; share counts the other way round)."""
+    return f"""SELECT symbol, date AS since,
+    LEAD(date) OVER (PARTITION BY symbol ORDER BY date) AS until,
+    SUM(LN(numerator / denominator)) OVER (PARTITION BY symbol ORDER BY date
+      ROWS BETWEEN UNBOUNDED PRECEDING AND CURRENT ROW) AS log_shares
+  FROM {tables.name("silver_splits")}
+  WHERE date <= CURRENT_DATE"""
+
+
+def _split_log(alias: str, symbol: str, day: str, steps: str = "split_steps") -> str:
+    """A LEFT JOIN of `steps` (the CTE, or `_split_steps` as a subquery) as `alias` on the step
+    holding `day`."""
     return (
-        f"COALESCE(CAST(from_utc_timestamp({alias}.accepted_date, '{NEW_YORK}') AS DATE), "
-        f"{alias}.filing_date)"
+        f"LEFT JOIN {steps} AS {alias} ON {alias}.symbol = {symbol} AND {alias}.since <= {day}"
+        f" AND ({alias}.until IS NULL OR {day} < {alias}.until)"
     )
 
 
-def fundamentals_pit_sql(tables: Tables) -> str:
-    """Trailing-twelve-month fundamentals from quarterly statements, each row stamped with the
-    day it became public (`known_from`): the latest SEC acceptance of the statements behind it,
-    never the period end, and never earlier for a statement that lacks one."""
-    quarter = "period IN ('Q1', 'Q2', 'Q3', 'Q4')"
-    ttm = "OVER (PARTITION BY symbol ORDER BY date ROWS BETWEEN 3 PRECEDING AND CURRENT ROW)"
-    statements = ("i", "b", "c")
-    # Fail closed: GREATEST and MAX skip NULLs, which would date a quarter by its other
-    # statements (or by older quarters); an undatable statement makes its rows never usable.
-    days = [_public_on(a) for a in statements]
-    undatable = " OR ".join(f"{day} IS NULL" for day in days)
-    public_on = f"CASE WHEN {undatable} THEN NULL ELSE GREATEST({', '.join(days)}) END"
-    unaccepted = " OR ".join(f"{a}.accepted_date IS NULL" for a in statements)
+def adjusted_prices_sql(tables: Tables) -> str:
+    """Silver prices on one share basis, after every split `silver_splits` knows (a subquery).
+
+    FMP adjusts prices for the splits up to the day they are fetched, so a lake fetched night by
+    night holds sessions before a split on the old basis and later ones on the new: each row is
+    brought from the basis of its fetch to the newest, prices divided and volume multiplied by
+    the splits after that fetch. A new split changes every older row here, which the windows and
+    `gold_rsi_14` then recompute."""
+    steps = f"(\n  {_split_steps(tables)}\n)"
+    fetched_on = _new_york_day(f"p.{INGESTED_AT_COLUMN}")
+    # The newest step's own value, not a second sum: the same number when no split followed.
+    factor = "EXP(COALESCE(f.log_shares, 0) - COALESCE(n.log_shares, 0))"
+    adjusted = ", ".join(f"p.{c} * {factor} AS {c}" for c in ("open", "high", "low", "close"))
+    return f"""(
+  SELECT p.symbol, p.date, {adjusted},
+    CAST(ROUND(p.volume / {factor}) AS BIGINT) AS volume
+  FROM {tables.name("silver_prices")} AS p
+  {_split_log("f", "p.symbol", fetched_on, steps)}
+  LEFT JOIN (SELECT * FROM {steps} AS s WHERE s.until IS NULL) AS n ON n.symbol = p.symbol
+)"""
+
+
+def _statement_known(alias: str, table: str, basis: StatementBasis) -> str:
+    """CTE `{alias}_known`: each quarterly version of one statement with the day it became
+    known (`_known_from`), why (`_source_rank`) and the day of its share basis (`_basis_day`)."""
+    seen_on = _new_york_day(INGESTED_AT_COLUMN)
+    own = _public_on("v")
+    basis_day = "_seen_on" if basis == "fetched" else "COALESCE(_own_day, _seen_on)"
+    # Newly filed: its own filing day is later than any an earlier fetch of the key showed.
+    # Otherwise FMP changed the figures under an old acceptance time: the version is known from
+    # the run that first saw it, never from the older filing's day.
+    refiled = f"COALESCE(_own_day > {FILED_BEFORE}, FALSE)"
+    return f"""{alias}_numbered AS (
+  SELECT v.*, {own} AS _own_day, {seen_on} AS _seen_on,
+    ROW_NUMBER() OVER (PARTITION BY v.symbol, v.date, v.period ORDER BY v.{INGESTED_AT_COLUMN})
+      AS _version
+  FROM {table} AS v
+  WHERE v.{_QUARTERS}
+), {alias}_known AS (
+  SELECT *,
+    CASE WHEN _version = 1 OR {refiled} THEN _own_day ELSE _seen_on END AS _known_from,
+    CASE WHEN _version > 1 AND NOT {refiled} THEN 3
+      WHEN accepted_date IS NULL THEN 2 ELSE 1 END AS _source_rank,
+    {basis_day} AS _basis_day
+  FROM {alias}_numbered
+)"""
+
+
+def _statement_at(alias: str) -> str:
+    """CTE `{alias}_at`: on each event day of a quarter, the newest version known that day."""
+    return f"""{alias}_at AS (
+  SELECT * FROM (
+    SELECT e.as_of, k.*, s.log_shares AS _basis_log,
+      ROW_NUMBER() OVER (PARTITION BY e.symbol, e.date, e.period, e.as_of ORDER BY k._version DESC)
+        AS _pick
+    FROM events AS e
+    JOIN {alias}_known AS k ON k.symbol = e.symbol AND k.date = e.date AND k.period = e.period
+      AND k._known_from <= e.as_of
+    {_split_log("s", "k.symbol", "k._basis_day")}
+  ) AS picked WHERE _pick = 1
+)"""
+
+
+#: known_from_source by rank: the most cautious reason among the statements that dated a row.
+_SOURCES = {1: "acceptance", 2: "filing_date", 3: "ingest"}
+
+
+def fundamentals_pit_sql(tables: Tables, basis: StatementBasis = DEFAULT_STATEMENT_BASIS) -> str:
+    """Trailing-twelve-month fundamentals from every version of the quarterly statements: a row
+    per quarter and per day something behind it became known (`known_from`), so a restated
+    quarter has its original rows and its restated ones, each from its own day. Per-share
+    figures and share counts are on the share basis of `known_from`."""
+    statements = {
+        "i": versions_table(DATASETS["income_statement"]),
+        "b": versions_table(DATASETS["balance_sheet"]),
+        "c": versions_table(DATASETS["cash_flow"]),
+    }
+    events = "\n  UNION\n  ".join(
+        f"SELECT symbol, date, period, _known_from AS as_of FROM {a}_known "
+        "WHERE _known_from IS NOT NULL"
+        for a in statements
+    )
+    known_ctes = ", ".join(
+        _statement_known(a, tables.name(t), basis) for a, t in statements.items()
+    )
+    at_ctes = ", ".join(_statement_at(a) for a in statements)
+    row = "symbol, _row_date, _row_period, _row_as_of"
+    this_quarter = "date = _row_date AND period = _row_period"
+
+    def own(expression: str, name: str) -> str:
+        return f"MAX(CASE WHEN {this_quarter} THEN {expression} END) AS {name}"
+
+    def on_the_day(alias: str, expression: str) -> str:
+        return f"CASE WHEN {alias}._known_from = {alias}.as_of THEN {expression} END"
+
+    ranks = ",\n    ".join(
+        f"{on_the_day(a, f'{a}._source_rank')} AS _{a}_rank,\n    "
+        + on_the_day(
+            a,
+            f"CASE {a}._source_rank WHEN 1 THEN {a}.accepted_date "
+            f"WHEN 3 THEN {a}.{INGESTED_AT_COLUMN} END",
+        )
+        + f" AS _{a}_at"
+        for a in statements
+    )
+    rank = ", ".join(f"_{a}_rank" for a in statements)
+    known_at = ", ".join(f"CASE WHEN _{a}_rank = _source_rank THEN _{a}_at END" for a in statements)
+    changed = ", ".join(f"{a}._known_from" for a in statements)
+    source = (
+        "CASE _source_rank "
+        + " ".join(f"WHEN {r} THEN '{name}'" for r, name in _SOURCES.items())
+        + " END"
+    )
+    # Per-share figures go to the basis of one original share (exp(+log)) to be summed, then to
+    # the basis of the row's day.
+    to_origin = "EXP(COALESCE(i._basis_log, 0))"
+    # The quarters a trailing year can hold: those ending in the 13 months up to the row's.
+    recent = "s.date <= {q}.date AND s.date > DATE_SUB({q}.date, 400)"
     return f"""CREATE OR REPLACE VIEW {tables.name("fundamentals_pit")} AS
-WITH quarters AS (
-  SELECT i.symbol, i.date, i.period, i.fiscal_year, i.reported_currency,
-    GREATEST(i.accepted_date, b.accepted_date, c.accepted_date) AS _accepted_at,
-    {public_on} AS _public_on,
-    CASE WHEN {unaccepted} THEN 1 ELSE 0 END AS _by_filing_date,
-    i.revenue, i.net_income, i.eps_diluted, i.weighted_average_shs_out,
-    i.weighted_average_shs_out_dil,
+WITH split_steps AS (
+  {_split_steps(tables)}
+), {known_ctes}, events AS (
+  {events}
+), {at_ctes}, states AS (
+  -- Each quarter as known on each day one of its statements got a version known that day.
+  SELECT i.symbol, i.date, i.period, i.as_of, i.fiscal_year, i.reported_currency,
+    {ranks},
+    GREATEST(i._version, b._version, c._version) > 1 AS _revised,
+    i.revenue, i.net_income, i.eps_diluted * {to_origin} AS eps_diluted,
+    i.weighted_average_shs_out / {to_origin} AS basic_shares,
+    i.weighted_average_shs_out_dil / {to_origin} AS diluted_shares,
     c.free_cash_flow, c.operating_cash_flow,
     b.total_assets, b.total_liabilities, b.total_stockholders_equity
-  FROM {tables.name("silver_income_statement")} AS i
-  JOIN {tables.name("silver_cash_flow")} AS c
-    ON c.symbol = i.symbol AND c.date = i.date AND c.period = i.period
-  JOIN {tables.name("silver_balance_sheet")} AS b
-    ON b.symbol = i.symbol AND b.date = i.date AND b.period = i.period
-  WHERE i.{quarter}
+  FROM i_at AS i
+  JOIN b_at AS b ON b.symbol = i.symbol AND b.date = i.date AND b.period = i.period
+    AND b.as_of = i.as_of
+  JOIN c_at AS c ON c.symbol = i.symbol AND c.date = i.date AND c.period = i.period
+    AND c.as_of = i.as_of
+  -- A day on which the newest versions known were all known earlier changes nothing.
+  WHERE GREATEST({changed}) = i.as_of
+), ranked AS (
+  SELECT *, GREATEST({rank}) AS _source_rank FROM states
+), dated AS (
+  SELECT *, GREATEST({known_at}) AS _known_at FROM ranked
+), candidates AS (
+  -- A quarter's trailing row can change on any day it or a quarter before it changed.
+  SELECT DISTINCT q.symbol, q.date, q.period, s.as_of
+  FROM (
+    SELECT symbol, date, period, MIN(as_of) AS _first_known FROM dated
+    GROUP BY symbol, date, period
+  ) AS q
+  JOIN dated AS s ON s.symbol = q.symbol AND {recent.format(q="q")} AND s.as_of >= q._first_known
+), members AS (
+  -- On that day: each of those quarters as then known, the newest four first.
+  SELECT c.date AS _row_date, c.period AS _row_period, c.as_of AS _row_as_of, s.*,
+    ROW_NUMBER() OVER (PARTITION BY c.symbol, c.date, c.period, c.as_of, s.date, s.period
+      ORDER BY s.as_of DESC) AS _latest
+  FROM candidates AS c
+  JOIN dated AS s ON s.symbol = c.symbol AND {recent.format(q="c")} AND s.as_of <= c.as_of
+), newest_four AS (
+  SELECT * FROM (
+    SELECT *, ROW_NUMBER() OVER (PARTITION BY {row} ORDER BY date DESC, period DESC) AS _recency
+    FROM members WHERE _latest = 1
+  ) AS ordered WHERE _recency <= 4
+), behind AS (
+  SELECT *, MAX(CASE WHEN as_of = _row_as_of THEN _source_rank END) OVER (PARTITION BY {row})
+    AS _row_rank
+  FROM newest_four
 ), trailing AS (
-  SELECT *,
-    COUNT(*) {ttm} AS _quarters,
-    MIN(date) {ttm} AS _first_period_end,
-    CASE WHEN COUNT(_public_on) {ttm} = COUNT(*) {ttm} THEN MAX(_public_on) {ttm} END
-      AS _known_from,
-    MAX(_accepted_at) {ttm} AS _known_at,
-    MAX(_by_filing_date) {ttm} AS _any_by_filing_date,
-    SUM(revenue) {ttm} AS _revenue_4q,
-    SUM(net_income) {ttm} AS _net_income_4q,
-    SUM(eps_diluted) {ttm} AS _eps_diluted_4q,
-    SUM(free_cash_flow) {ttm} AS _free_cash_flow_4q,
-    SUM(operating_cash_flow) {ttm} AS _operating_cash_flow_4q
-  FROM quarters
+  SELECT {row},
+    COUNT(*) AS _quarters, MIN(date) AS _first_period_end, MAX(as_of) AS _changed_on,
+    {own("period", "period")}, {own("fiscal_year", "fiscal_year")},
+    {own("reported_currency", "reported_currency")},
+    {own("total_assets", "total_assets")}, {own("total_liabilities", "total_liabilities")},
+    {own("total_stockholders_equity", "total_stockholders_equity")},
+    {own("basic_shares", "basic_shares")}, {own("diluted_shares", "diluted_shares")},
+    MAX(_row_rank) AS _source_rank,
+    MAX(CASE WHEN as_of = _row_as_of AND _source_rank = _row_rank THEN _known_at END)
+      AS _known_at,
+    MAX(CASE WHEN _revised THEN 1 ELSE 0 END) AS _revised,
+    SUM(revenue) AS _revenue_4q, SUM(net_income) AS _net_income_4q,
+    SUM(eps_diluted) AS _eps_diluted_4q, SUM(free_cash_flow) AS _free_cash_flow_4q,
+    SUM(operating_cash_flow) AS _operating_cash_flow_4q
+  FROM behind
+  GROUP BY {row}
 ), complete AS (
-  -- Four consecutive quarters span about 9 months between the first and last period end.
-  SELECT *, _quarters = 4 AND DATEDIFF(date, _first_period_end) BETWEEN 250 AND 300 AS _full_year
-  FROM trailing
+  -- Only days when one of the four changed; four consecutive quarters span about 9 months
+  -- between the first and last period end.
+  SELECT t.*, EXP(COALESCE(k.log_shares, 0)) AS _shares_per_original,
+    _quarters = 4 AND DATEDIFF(_row_date, _first_period_end) BETWEEN 250 AND 300 AS _full_year
+  FROM trailing AS t
+  {_split_log("k", "t.symbol", "t._row_as_of")}
+  WHERE _changed_on = _row_as_of
 )
-SELECT symbol, date AS period_end, period, fiscal_year, reported_currency,
-  CASE WHEN _any_by_filing_date = 0 THEN _known_at END AS known_at,
-  _known_from AS known_from,
-  CASE WHEN _any_by_filing_date = 1 THEN 'filing_date' ELSE 'acceptance' END AS known_from_source,
+SELECT symbol, _row_date AS period_end, period, fiscal_year, reported_currency,
+  CASE WHEN _source_rank <> 2 THEN _known_at END AS known_at,
+  _row_as_of AS known_from,
+  {source} AS known_from_source,
+  _revised = 1 AS revised,
   CASE WHEN _full_year THEN _revenue_4q END AS ttm_revenue,
   CASE WHEN _full_year THEN _net_income_4q END AS ttm_net_income,
-  CASE WHEN _full_year THEN _eps_diluted_4q END AS ttm_eps_diluted,
+  CASE WHEN _full_year THEN _eps_diluted_4q / _shares_per_original END AS ttm_eps_diluted,
   CASE WHEN _full_year THEN _free_cash_flow_4q END AS ttm_free_cash_flow,
   CASE WHEN _full_year THEN _operating_cash_flow_4q END AS ttm_operating_cash_flow,
   total_assets, total_liabilities, total_stockholders_equity,
-  weighted_average_shs_out AS basic_shares,
-  weighted_average_shs_out_dil AS diluted_shares
+  basic_shares * _shares_per_original AS basic_shares,
+  diluted_shares * _shares_per_original AS diluted_shares
 FROM complete"""
 
 
-def daily_features_sql(tables: Tables) -> str:
-    """Prices joined with the fundamentals known on each date: a filing counts from the day after
-    it became public (acceptance is often after the close). Of the filings known on a date, the
-    one for the latest period counts, so a late filing for an older quarter never replaces it.
-    Market value uses the quarter's weighted average basic shares (the statements carry no
-    period-end share count)."""
+def daily_features_sql(tables: Tables, basis: StatementBasis = DEFAULT_STATEMENT_BASIS) -> str:
+    """Prices joined with the fundamentals known on each date: a row counts from the day after it
+    became known (acceptance is often after the close). Of the rows known on a date, the one for
+    the latest period counts, so a late filing for an older quarter never replaces it, and of
+    that period's rows the latest known, so a restatement counts from its own day.
+
+    Every per-share figure and share count is on the session's own share basis, as traded that
+    day: Silver's close (split-adjusted by FMP as of the day it was fetched) and the statements'
+    figures (on the basis of `known_from`) are both brought to it with the splits between. So
+    market cap, P/E and the other ratios are continuous across a split and no later split
+    changes a past session's figures. Market value uses the quarter's weighted average basic
+    shares (the statements carry no period-end share count)."""
+    del basis  # fundamentals_pit has already put its figures on the basis of their own day
     market_cap = "close * basic_shares"
+    fetched_on = _new_york_day(f"p.{INGESTED_AT_COLUMN}")
     return f"""CREATE OR REPLACE VIEW {tables.name("daily_features")} AS
-WITH pit AS (
-  SELECT *, DATE_ADD(known_from, 1) AS usable_from FROM {tables.name("fundamentals_pit")}
+WITH split_steps AS (
+  {_split_steps(tables)}
+), pit AS (
+  SELECT f.*, DATE_ADD(f.known_from, 1) AS usable_from, COALESCE(k.log_shares, 0) AS _known_log
+  FROM {tables.name("fundamentals_pit")} AS f
+  {_split_log("k", "f.symbol", "f.known_from")}
+), sessions AS (
+  SELECT p.symbol, p.date, COALESCE(d.log_shares, 0) AS _session_log,
+    p.close * EXP(COALESCE(t.log_shares, 0) - COALESCE(d.log_shares, 0)) AS close,
+    CAST(ROUND(p.volume * EXP(COALESCE(d.log_shares, 0) - COALESCE(t.log_shares, 0))) AS BIGINT)
+      AS volume
+  FROM {tables.name("silver_prices")} AS p
+  {_split_log("t", "p.symbol", fetched_on)}
+  {_split_log("d", "p.symbol", "p.date")}
 ), matched AS (
   SELECT p.symbol, p.date, p.close, p.volume,
-    f.period_end, f.known_from, f.known_from_source, f.ttm_revenue, f.ttm_net_income,
-    f.ttm_eps_diluted, f.ttm_free_cash_flow, f.basic_shares, f.total_stockholders_equity,
+    f.period_end, f.known_from, f.known_from_source, f.revised, f.ttm_revenue, f.ttm_net_income,
+    f.ttm_eps_diluted * EXP(f._known_log - p._session_log) AS ttm_eps_diluted,
+    f.ttm_free_cash_flow,
+    f.basic_shares * EXP(p._session_log - f._known_log) AS basic_shares,
+    f.total_stockholders_equity,
     ROW_NUMBER() OVER (PARTITION BY p.symbol, p.date ORDER BY f.period_end DESC, f.known_from DESC)
       AS _latest
-  FROM {tables.name("silver_prices")} AS p
+  FROM sessions AS p
   LEFT JOIN pit AS f ON f.symbol = p.symbol AND f.usable_from <= p.date
 )
 SELECT symbol, date, close, volume,
   period_end AS fundamentals_period_end, known_from AS fundamentals_known_from,
-  known_from_source AS fundamentals_known_from_source,
-  ttm_revenue, ttm_net_income, ttm_eps_diluted, ttm_free_cash_flow,
+  known_from_source AS fundamentals_known_from_source, revised AS fundamentals_revised,
+  ttm_revenue, ttm_net_income, ttm_eps_diluted, ttm_free_cash_flow, basic_shares,
   {market_cap} AS market_cap,
   CASE WHEN ttm_eps_diluted > 0 THEN close / ttm_eps_diluted END AS pe_ratio,
   CASE WHEN ttm_revenue > 0 THEN {market_cap} / ttm_revenue END AS ps_ratio,
@@ -648,9 +976,10 @@ FROM matched
 WHERE _latest = 1"""
 
 
-def data_health_sql(tables: Tables) -> str:
+def data_health_sql(tables: Tables, basis: StatementBasis = DEFAULT_STATEMENT_BASIS) -> str:
     """Per dataset: the newest data landed, symbols covered against the universe (the symbols of
     the newest run), session gaps against the exchange calendar, quarantined rows, last run."""
+    del basis  # counts only
     silver = {
         name: tables.name(silver_table(d)) for name, d in DATASETS.items() if d.kind != "profile"
     }
@@ -711,5 +1040,8 @@ GOLD_VIEWS = {
 }
 
 
-def gold_view_sql(name: str, tables: Tables) -> str:
-    return GOLD_VIEWS[name](tables)
+def gold_view_sql(
+    name: str, tables: Tables, basis: StatementBasis = DEFAULT_STATEMENT_BASIS
+) -> str:
+    """The CREATE VIEW of one Gold view; `basis` is the share basis of FMP's statements."""
+    return GOLD_VIEWS[name](tables, basis)

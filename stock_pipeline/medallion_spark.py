@@ -25,11 +25,13 @@ from stock_pipeline.datasets import (
     Dataset,
 )
 from stock_pipeline.medallion import (
+    DEFAULT_STATEMENT_BASIS,
     GOLD_VIEWS,
     RESCUED_DATA,
     RSI_TABLE,
     SOURCE_FILE,
     SOURCE_MODIFIED_AT,
+    StatementBasis,
     Tables,
     bronze_columns,
     bronze_table,
@@ -45,8 +47,12 @@ from stock_pipeline.medallion import (
     rsi_columns,
     runs_columns,
     scd2_merge_sql,
+    seed_versions_sql,
     silver_columns,
     silver_table,
+    versions_columns,
+    versions_merge_sql,
+    versions_table,
 )
 
 if TYPE_CHECKING:
@@ -65,6 +71,7 @@ __all__ = [
     "merge_silver_batch",
     "run_bronze",
     "run_silver",
+    "seed_versions",
     "start_bronze_stream",
     "start_silver_stream",
 ]
@@ -213,11 +220,29 @@ def create_tables(spark: SparkSession, tables: Tables, engine: Engine = DATABRIC
         statements[name] = engine.create_table(
             name, silver_columns(dataset), cluster_by=dataset.key, change_data_feed=True
         )
+        if dataset.figures:
+            name = tables.name(versions_table(dataset))
+            statements[name] = engine.create_table(
+                name, versions_columns(dataset), cluster_by=dataset.key
+            )
     name = tables.name("silver_rejects")
     statements[name] = engine.create_table(name, rejects_columns(), cluster_by=("dataset",))
     for statement in statements.values():
         spark.sql(statement)
     return list(statements)
+
+
+def seed_versions(spark: SparkSession, tables: Tables) -> list[str]:
+    """Fill each empty versions table from Bronze (a deployment whose Silver streams are past
+    rows loaded before the table existed); returns the tables filled."""
+    filled = []
+    for dataset in (d for d in DATASETS.values() if d.figures):
+        table = tables.name(versions_table(dataset))
+        if spark.sql(f"SELECT 1 FROM {table} LIMIT 1").count():
+            continue
+        spark.sql(seed_versions_sql(dataset, tables))
+        filled.append(table)
+    return filled
 
 
 # --- Bronze -------------------------------------------------------------------------------------
@@ -362,6 +387,8 @@ def merge_silver_batch(
         spark.sql(scd2_merge_sql(passing_view, target))
     else:
         spark.sql(merge_sql(dataset, passing_view, target))
+    if dataset.figures:
+        spark.sql(versions_merge_sql(dataset, passing_view, tables.name(versions_table(dataset))))
     rejected_count = spark.sql(f"SELECT COUNT(*) AS n FROM ({rejected}) AS r").first()
     count = int(rejected_count["n"]) if rejected_count else 0
     if count:
@@ -420,8 +447,10 @@ def run_silver(
 
 
 def build_gold(spark: SparkSession, tables: Tables, engine: Engine = DATABRICKS, *,
-               today: dt.date | None = None) -> list[str]:  # fmt: skip
-    """The exchange calendar table, then every Gold view; returns the view names."""
+               today: dt.date | None = None,
+               statement_basis: StatementBasis = DEFAULT_STATEMENT_BASIS) -> list[str]:  # fmt: skip
+    """The exchange calendar table, `gold_rsi_14`, then every Gold view; returns the view names.
+    `statement_basis` is the share basis of FMP's statements (`medallion.StatementBasis`)."""
     until = (today or dt.date.today()) + dt.timedelta(days=366)
     sessions = tables.name("ref_exchange_sessions")
     spark.sql(engine.create_table(sessions, (Column("session", ColumnType.DATE),)))
@@ -431,7 +460,7 @@ def build_gold(spark: SparkSession, tables: Tables, engine: Engine = DATABRICKS,
     spark.sql(engine.create_table(rsi, rsi_columns(), cluster_by=("symbol", "date")))
     refresh_rsi(spark.sql, lambda sql: int(spark.sql(sql).collect()[0][0]), tables)
     for name in GOLD_VIEWS:
-        spark.sql(gold_view_sql(name, tables))
+        spark.sql(gold_view_sql(name, tables, statement_basis))
     return list(GOLD_VIEWS)
 
 
@@ -448,6 +477,8 @@ def maintenance_sql(tables: Tables) -> list[str]:
     for dataset in DATASETS.values():
         silver = dim_company_columns() if dataset.kind == "profile" else silver_columns(dataset)
         columns[tables.name(silver_table(dataset))] = silver
+        if dataset.figures:
+            columns[tables.name(versions_table(dataset))] = versions_columns(dataset)
     columns[tables.name("silver_rejects")] = rejects_columns()
     columns[tables.name(RSI_TABLE)] = rsi_columns()
     statements = []

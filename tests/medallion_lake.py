@@ -15,6 +15,7 @@ import math
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import aiohttp
 import numpy as np
@@ -24,7 +25,14 @@ import talib
 
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.fmp import FmpClient, RequestPacer, RetryPolicy
-from stock_pipeline.lake import LocalLake, encode_partition, partition_path, read_dataset
+from stock_pipeline.lake import (
+    LocalLake,
+    dataset_files,
+    encode_partition,
+    partition_path,
+    read_dataset,
+    read_partition_file,
+)
 from stock_pipeline.pipeline import run_ingest
 from stock_pipeline.plan import plan_run
 from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
@@ -41,7 +49,17 @@ CORRECTED_VOLUME = 4242
 STALE_DAY = dt.date(2025, 7, 2)
 NEW_SECTOR = "Utilities"
 BROKEN_DAY = dt.date(2025, 7, 3)
-UNACCEPTED_RUN = "20250731T040000Z-noaccept"
+FILED_ONLY_SYMBOL = "MSFT"
+SILENT_RUN = "20250731T040000Z-silent"
+SILENT_AT = dt.datetime(2025, 7, 31, 4, 0, tzinfo=dt.UTC)
+SILENT_REVENUE_CHANGE = 1_000_000.0
+AMENDMENT_RUN = "20250731T050000Z-amended"
+AMENDED_AT = dt.datetime(2025, 6, 16, 21, 0, tzinfo=dt.UTC)  # 17:00 in New York
+AMENDMENT_SEEN_AT = dt.datetime(2025, 7, 31, 5, 0, tzinfo=dt.UTC)
+AMENDED_REVENUE_CHANGE = 7_000_000.0
+REVERTED_RUN = "20250728T010000Z-reverted"
+REVERTED_SEEN_AT = dt.datetime(2025, 7, 28, 1, 0, tzinfo=dt.UTC)  # 21:00 on the 27th in New York
+REVERTED_REVENUE_CHANGE = 3_000_000.0
 STATEMENTS = ("income_statement", "balance_sheet", "cash_flow")
 NEW_YORK = "America/New_York"
 
@@ -84,7 +102,26 @@ def write_run_1(root: Path) -> MedallionLake:
     lake = LocalLake(root)
     with SimulatorThread(SimulatorConfig(api_key=API_KEY, today=TODAY)) as simulator:
         asyncio.run(_ingest(simulator.url, lake, RUN_1))
+    # FMP left the acceptance times out of MSFT's newest quarter the first time it was fetched.
+    for name in STATEMENTS:
+        data = DATASETS[name]
+        newest = _newest_quarter(read_dataset(lake, data), FILED_ONLY_SYMBOL)
+        for path in dataset_files(lake, data):
+            frame = read_partition_file(lake, data, path)
+            stripped = frame.with_columns(
+                pl.when((pl.col("symbol") == FILED_ONLY_SYMBOL) & (pl.col("date") == newest))
+                .then(None)
+                .otherwise(pl.col("accepted_date"))
+                .alias("accepted_date")
+            )
+            (root / path).unlink()  # lake files are immutable: this rewrites the test's input
+            lake.write_file(path, encode_partition(data, stripped.drop(data.partition)))
     return MedallionLake(root, lake, frozenset(lake.list_files("")))
+
+
+def _newest_quarter(frame: pl.DataFrame, symbol: str) -> dt.date:
+    quarters = frame.filter((pl.col("symbol") == symbol) & pl.col("period").str.starts_with("Q"))
+    return quarters["date"].max()  # type: ignore[return-value]
 
 
 def write_run_2(lake: MedallionLake) -> None:
@@ -112,23 +149,47 @@ def write_run_2(lake: MedallionLake) -> None:
     for day, frame in fixes.items():
         path = partition_path(prices, day, CORRECTION_RUN)
         lake.lake.write_file(path, encode_partition(prices, frame))
-    # FMP left the acceptance time out of MSFT's newest quarter when it was fetched again.
-    unaccepted_at = at + dt.timedelta(hours=1)
+    # FMP changed MSFT's newest revenue without a new filing: a version known from this run.
+    data = DATASETS["income_statement"]
+    income = read_dataset(lake.lake, data)
+    newest = _newest_quarter(income, FILED_ONLY_SYMBOL)
+    revised = income.filter(
+        (pl.col("symbol") == FILED_ONLY_SYMBOL) & (pl.col("date") == newest)
+    ).with_columns(
+        pl.col("revenue") + SILENT_REVENUE_CHANGE,
+        pl.lit(SILENT_AT).alias("_ingested_at"),
+        pl.lit(SILENT_RUN).alias("_run_id"),
+    )
+    assert revised.height == 1
+    path = partition_path(data, SILENT_AT.date(), SILENT_RUN)
+    lake.lake.write_file(path, encode_partition(data, revised.drop(data.partition)))
+    # AAPL's newest quarter is amended (a 10-Q/A: new revenue under a new acceptance time, the
+    # other statements refiled unchanged); the quarter before it had its revenue changed by FMP
+    # without a filing on the night before run 2, which then fetched the old figures again.
     for name in STATEMENTS:
         data = DATASETS[name]
-        newest = (
-            read_dataset(lake.lake, data)
-            .filter((pl.col("symbol") == "MSFT") & pl.col("period").str.starts_with("Q"))
-            .sort("date")
-            .tail(1)
+        current = read_dataset(lake.lake, data, latest=False).filter(
+            (pl.col("symbol") == "AAPL") & (pl.col("_run_id") == RUN_1[0])
         )
-        refetched = newest.with_columns(
-            pl.lit(None, dtype=pl.Datetime("us", "UTC")).alias("accepted_date"),
-            pl.lit(unaccepted_at).alias("_ingested_at"),
-            pl.lit(UNACCEPTED_RUN).alias("_run_id"),
+        newest = _newest_quarter(current, "AAPL")
+        amended = current.filter(pl.col("date") == newest).with_columns(
+            pl.lit(AMENDED_AT).alias("accepted_date"),
+            pl.lit(AMENDMENT_SEEN_AT).alias("_ingested_at"),
+            pl.lit(AMENDMENT_RUN).alias("_run_id"),
+            *([pl.col("revenue") + AMENDED_REVENUE_CHANGE] if name == "income_statement" else []),
         )
-        path = partition_path(data, unaccepted_at.date(), UNACCEPTED_RUN)
-        lake.lake.write_file(path, encode_partition(data, refetched))
+        path = partition_path(data, AMENDMENT_SEEN_AT.date(), AMENDMENT_RUN)
+        lake.lake.write_file(path, encode_partition(data, amended.drop(data.partition)))
+        if name != "income_statement":
+            continue
+        before = current.filter(pl.col("period").str.starts_with("Q") & (pl.col("date") < newest))
+        changed = before.filter(pl.col("date") == before["date"].max()).with_columns(
+            pl.col("revenue") + REVERTED_REVENUE_CHANGE,
+            pl.lit(REVERTED_SEEN_AT).alias("_ingested_at"),
+            pl.lit(REVERTED_RUN).alias("_run_id"),
+        )
+        path = partition_path(data, REVERTED_SEEN_AT.date(), REVERTED_RUN)
+        lake.lake.write_file(path, encode_partition(data, changed.drop(data.partition)))
     # Within the same night's batch: the sector changes, a copy repeats it, then it changes back.
     profile = DATASETS["profile"]
     original = read_dataset(lake.lake, profile).filter(pl.col("symbol") == "AAPL")
@@ -198,24 +259,24 @@ PRICE_FEATURES = (
 
 
 def quarterly_filings(lake: LocalLake, symbol: str) -> pl.DataFrame:
-    """One row per quarter: diluted EPS and shares, and the New York day it became public."""
+    """One row per quarter: diluted EPS and shares (no version in the lake changes them), and the
+    New York day its three statements were first all known."""
     income = expected_silver(lake, "income_statement").filter(
         (pl.col("symbol") == symbol) & pl.col("period").is_in(["Q1", "Q2", "Q3", "Q4"])
     )
-    accepted = [
-        expected_silver(lake, name)
-        .filter(pl.col("symbol") == symbol)
-        .select("date", "period", pl.col("accepted_date").alias(name))
-        for name in ("balance_sheet", "cash_flow")
-    ]
-    for other in accepted:
-        income = income.join(other, on=["date", "period"])
-    public = pl.max_horizontal("accepted_date", "balance_sheet", "cash_flow")
+    for name in STATEMENTS:
+        first_known = (
+            statement_versions(lake, name)
+            .filter(pl.col("symbol") == symbol)
+            .group_by("date", "period")
+            .agg(pl.col("known_on").min().alias(name))
+        )
+        income = income.join(first_known, on=["date", "period"])
     return income.sort("date").select(
         "date",
         "eps_diluted",
         "weighted_average_shs_out_dil",
-        public.dt.convert_time_zone("America/New_York").dt.date().alias("public_on"),
+        pl.max_horizontal(*STATEMENTS).alias("public_on"),
     )
 
 
@@ -269,61 +330,113 @@ def assert_ttm_eps_and_pe_point_in_time(daily: pl.DataFrame, lake: LocalLake) ->
     assert checked == between.height + 1
 
 
-def public_days(lake: LocalLake) -> pl.DataFrame:
-    """Per symbol and quarter end: the New York day the figures Silver holds for its three
-    statements were all public. A statement's figures are public from the earliest acceptance of
-    any fetched version with the same figures; with no acceptance anywhere, from its filing date."""
-    days = []
-    for name in STATEMENTS:
-        data = DATASETS[name]
-        figures = [c.name for c in data.columns if c.name not in ("accepted_date", "filing_date")]
-        fingerprint = pl.struct(figures).hash().alias("_figures")
-        versions = read_dataset(lake, data, latest=False).with_columns(fingerprint)
-        first_public = versions.group_by("symbol", "date", "period", "_figures").agg(
-            pl.col("accepted_date").min().dt.convert_time_zone(NEW_YORK).dt.date(),
-            pl.col("filing_date").min(),
+def statement_versions(lake: LocalLake, name: str) -> pl.DataFrame:
+    """Every version of each quarterly statement the lake has seen, with the New York day it
+    became known, computed from the raw files: a version is a change of the figures from the
+    fetch before; the first is known from its acceptance (or filing date), a later one from its
+    own acceptance when that is newer than any earlier fetch showed, else from the run that first
+    saw it."""
+    data = DATASETS[name]
+    key = ["symbol", "date", "period"]
+    fetches = read_dataset(lake, data, latest=False)
+    for check in data.checks:
+        fetches = fetches.filter(~check.expression().fill_null(False))
+    own_day = pl.coalesce(
+        pl.col("accepted_date").dt.convert_time_zone(NEW_YORK).dt.date(), pl.col("filing_date")
+    )
+    versions = (
+        fetches.filter(pl.col("period").str.starts_with("Q"))
+        .sort([*key, "_ingested_at"])
+        .with_columns(
+            pl.struct(list(data.figures)).hash().alias("_figures"), own_day.alias("own_day")
         )
-        held = (
-            expected_silver(lake, name)
-            .with_columns(fingerprint)
-            .select("symbol", "date", "period", "_figures")
+        .with_columns(pl.col("own_day").cum_max().shift(1).over(key).alias("filed_before"))
+        .filter((pl.col("_figures") != pl.col("_figures").shift(1).over(key)).fill_null(True))
+        .with_columns(
+            pl.int_range(1, pl.len() + 1).over(key).alias("version"),
+            pl.col("_ingested_at").dt.convert_time_zone(NEW_YORK).dt.date().alias("seen_on"),
         )
-        days.append(
-            held.join(first_public, on=["symbol", "date", "period", "_figures"])
-            .filter(pl.col("period").str.starts_with("Q"))
-            .select("symbol", "date", pl.coalesce("accepted_date", "filing_date").alias(name))
-        )
-    joined = days[0].join(days[1], on=["symbol", "date"]).join(days[2], on=["symbol", "date"])
-    return joined.select("symbol", "date", pl.max_horizontal(*STATEMENTS).alias("public_on"))
+    )
+    refiled = (pl.col("own_day") > pl.col("filed_before")).fill_null(False)
+    return versions.with_columns(
+        pl.when((pl.col("version") == 1) | refiled)
+        .then(pl.col("own_day"))
+        .otherwise(pl.col("seen_on"))
+        .alias("known_on")
+    )
+
+
+def expected_fundamentals(lake: LocalLake, symbol: str, sessions: list[dt.date]) -> list[tuple]:
+    """Per session of `symbol`: (period end, TTM revenue) of the newest quarter usable that day,
+    from the versions each statement had made known before it (the day after `known_on`). The
+    TTM adds the newest four quarters known that day, when they are four consecutive quarters."""
+    versions = {
+        name: statement_versions(lake, name).filter(pl.col("symbol") == symbol).rows(named=True)
+        for name in STATEMENTS
+    }
+    quarters = sorted({(v["date"], v["period"]) for v in versions["income_statement"]})
+
+    def revenue_before(quarter: tuple[dt.date, str], day: dt.date) -> float | None:
+        newest = {}
+        for name, rows in versions.items():
+            known = [
+                v
+                for v in rows
+                if (v["date"], v["period"]) == quarter
+                and v["known_on"] is not None
+                and v["known_on"] < day
+            ]
+            if not known:
+                return None
+            newest[name] = max(known, key=lambda v: v["version"])
+        return float(newest["income_statement"]["revenue"])
+
+    expected = []
+    for day in sessions:
+        known = [(q, r) for q in quarters if (r := revenue_before(q, day)) is not None]
+        if not known:
+            expected.append((day, None, None))
+            continue
+        last = known[-4:]
+        span = (last[-1][0][0] - last[0][0][0]).days
+        full = len(last) == 4 and 250 <= span <= 300
+        expected.append((day, last[-1][0][0], sum(r for _, r in last) if full else None))
+    return expected
 
 
 def assert_no_look_ahead(daily: pl.DataFrame, lake: LocalLake) -> int:
-    """Every `daily` row (symbol, date, fundamentals_period_end) uses only quarters whose three
-    statements were public before that session: the quarter it names and the three before it that
-    the trailing sums add. Returns the number of rows checked."""
-    public = public_days(lake)
-    quarters = {
-        symbol: frame.sort("date").rows()
-        for (symbol,), frame in public.group_by("symbol")  # rows: (symbol, date, public_on)
-    }
-    checked, look_ahead = 0, []
-    for symbol, day, period_end in daily.select(
-        "symbol", "date", "fundamentals_period_end"
-    ).iter_rows():
-        if period_end is None:
-            continue
-        behind = [q for q in quarters[symbol] if q[1] <= period_end][-4:]
-        assert behind[-1][1] == period_end, (symbol, period_end)
-        look_ahead += [(symbol, day, q[1], q[2]) for q in behind if not q[2] < day]
-        checked += 1
-    assert look_ahead == [], f"{len(look_ahead)} look-ahead rows, first {look_ahead[:3]}"
+    """Every `daily` row (symbol, date, fundamentals_period_end, fundamentals_known_from,
+    ttm_revenue) uses exactly the figures known before its session: the newest quarter whose
+    statements, and those of the three quarters before it, were known the day before, each in
+    the newest version known then. Returns the number of rows with fundamentals checked."""
+    checked, wrong = 0, []
+    for (symbol,), rows in daily.sort("symbol", "date").group_by("symbol", maintain_order=True):
+        expected = expected_fundamentals(lake, str(symbol), rows["date"].to_list())
+        for got, (day, period_end, revenue) in zip(
+            rows.select(
+                "date", "fundamentals_period_end", "fundamentals_known_from", "ttm_revenue"
+            ).iter_rows(),
+            expected,
+            strict=True,
+        ):
+            same_revenue = (got[3] is None) == (revenue is None) and (
+                revenue is None or abs(got[3] - revenue) <= 1e-6 * abs(revenue)
+            )
+            if got[1] != period_end or not same_revenue:
+                wrong.append((symbol, day, got, period_end, revenue))
+            elif got[2] is not None and not got[2] < day:
+                wrong.append((symbol, day, got, "known on or after the session"))
+            checked += period_end is not None
+    assert wrong == [], f"{len(wrong)} rows use figures not known that day, first {wrong[:3]}"
     return checked
 
 
-def unaccepted_quarter(lake: LocalLake) -> tuple[dt.date, dt.date]:
-    """MSFT's quarter refetched without acceptance times: its end and its latest filing date."""
+def filed_only_quarter(lake: LocalLake) -> tuple[dt.date, dt.date]:
+    """MSFT's quarter first fetched without acceptance times: its end and its latest filing date."""
     rows = [
-        read_dataset(lake, DATASETS[name]).filter(pl.col("_run_id") == UNACCEPTED_RUN)
+        read_dataset(lake, DATASETS[name], latest=False).filter(
+            (pl.col("symbol") == FILED_ONLY_SYMBOL) & pl.col("accepted_date").is_null()
+        )
         for name in STATEMENTS
     ]
     assert all(r.height == 1 for r in rows)
@@ -333,15 +446,15 @@ def unaccepted_quarter(lake: LocalLake) -> tuple[dt.date, dt.date]:
 def assert_unaccepted_quarter_counts_from_its_filing_date(
     pit: pl.DataFrame, daily: pl.DataFrame, lake: LocalLake
 ) -> None:
-    """`pit` (fundamentals_pit) and `daily` (daily_features) of MSFT: the quarter without
-    acceptance times is known from its filing date, flagged so, and used from the day after."""
-    period_end, filed = unaccepted_quarter(lake)
-    row = pit.filter(pl.col("period_end") == period_end)
-    assert row.select("known_from", "known_from_source", "known_at").row(0) == (
-        filed,
-        "filing_date",
-        None,
-    )
+    """`pit` (fundamentals_pit) and `daily` (daily_features) of MSFT: the quarter first seen
+    without acceptance times is known from its filing date, flagged so, and used from the day
+    after; its revenue changed later without a new filing, a version known from that run."""
+    period_end, filed = filed_only_quarter(lake)
+    rows = pit.filter(pl.col("period_end") == period_end).sort("known_from")
+    assert rows.select("known_from", "known_from_source", "known_at").rows() == [
+        (filed, "filing_date", None),
+        (SILENT_AT.astimezone(ZoneInfo(NEW_YORK)).date(), "ingest", SILENT_AT),
+    ]
     assert set(pit.filter(pl.col("period_end") != period_end)["known_from_source"]) == {
         "acceptance"
     }
@@ -349,6 +462,38 @@ def assert_unaccepted_quarter_counts_from_its_filing_date(
     assert using.height > 0
     assert using["date"].min() > filed
     assert set(using["fundamentals_known_from_source"]) == {"filing_date"}
+
+
+def assert_restatements_point_in_time(pit: pl.DataFrame, daily: pl.DataFrame) -> None:
+    """`pit` (fundamentals_pit) and `daily` (daily_features) of AAPL: its newest quarter shows
+    the original figures from their acceptance, the amendment from its own acceptance (though
+    first fetched weeks later), the change FMP made to the quarter before without a filing from
+    the run that saw it, and that change undone from the run that saw it undone."""
+    newest = pit["period_end"].max()
+    rows = pit.filter(pl.col("period_end") == newest).sort("known_from")
+    first = rows.row(0, named=True)
+    base = first["ttm_revenue"]
+    assert base is not None
+    assert first["known_from"] < AMENDED_AT.date()
+    new_york = ZoneInfo(NEW_YORK)
+    amended, changed = AMENDED_REVENUE_CHANGE, REVERTED_REVENUE_CHANGE
+    assert rows.select("known_from", "known_from_source", "revised", "ttm_revenue").rows() == [
+        (first["known_from"], "acceptance", False, base),
+        (AMENDED_AT.astimezone(new_york).date(), "acceptance", True, base + amended),
+        (REVERTED_SEEN_AT.astimezone(new_york).date(), "ingest", True, base + amended + changed),
+        (dt.date(2025, 7, 30), "ingest", True, base + amended),  # run 2 at 22:00 in New York
+    ]
+    used = daily.filter(pl.col("fundamentals_period_end") == newest)
+    expected = [
+        base
+        if day <= AMENDED_AT.date()
+        else base + amended + changed
+        if day > REVERTED_SEEN_AT.astimezone(new_york).date()
+        else base + amended
+        for day in used["date"]
+    ]
+    assert used["ttm_revenue"].to_list() == pytest.approx(expected)
+    assert {base, base + amended, base + amended + changed} == set(expected)
 
 
 def assert_rsi_is_talibs(got: pl.DataFrame, prices: pl.DataFrame) -> int:

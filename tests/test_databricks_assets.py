@@ -17,7 +17,14 @@ from databricks.bundles.jobs import Job
 from sqlglot import exp
 
 from stock_pipeline.datasets import DATASETS
-from stock_pipeline.medallion import GOLD_VIEWS, RSI_TABLE, Tables, silver_columns, silver_table
+from stock_pipeline.medallion import (
+    GOLD_VIEWS,
+    RSI_TABLE,
+    Tables,
+    silver_columns,
+    silver_table,
+    versions_table,
+)
 from stock_pipeline.medallion_spark import bronze_sources, maintenance_sql
 from tests.support import REPO
 
@@ -111,9 +118,11 @@ def test_maintenance_statements_cover_every_table() -> None:
     listed = prices.split(" FOR COLUMNS ")[1].split(", ")
     assert listed == [c.name for c in silver_columns(DATASETS["prices"])]
     assert all(" FOR COLUMNS " in s for s in analyze)
-    expected = {s.table for s in bronze_sources("unused")} | {
-        silver_table(d) for d in DATASETS.values()
-    }
+    expected = (
+        {s.table for s in bronze_sources("unused")}
+        | {silver_table(d) for d in DATASETS.values()}
+        | {versions_table(d) for d in DATASETS.values() if d.figures}
+    )
     assert named == expected | {"silver_rejects", RSI_TABLE}
     assert all("RETAIN 168 HOURS" in s for s in statements if s.startswith("VACUUM"))
 

@@ -25,8 +25,15 @@ from deltalake import DeltaTable
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.lake import LocalLake, dataset_files
 from stock_pipeline.lakehouse import bronze_frame, build_lakehouse, manifest_files, runs_frame
-from stock_pipeline.medallion import Tables, bronze_table, silver_table
-from stock_pipeline.medallion_spark import Engine, build_gold, create_tables, merge_silver_batch
+from stock_pipeline.medallion import StatementBasis, Tables, bronze_table, silver_table
+from stock_pipeline.medallion_spark import (
+    Engine,
+    build_gold,
+    create_tables,
+    merge_silver_batch,
+    seed_versions,
+)
+from tests import split_lake
 from tests.medallion_lake import (
     CORRECTED_DAY,
     CORRECTED_VOLUME,
@@ -36,10 +43,17 @@ from tests.medallion_lake import (
     MedallionLake,
     assert_no_look_ahead,
     assert_price_features_match,
+    assert_restatements_point_in_time,
     assert_rsi_is_talibs,
     assert_ttm_eps_and_pe_point_in_time,
     assert_unaccepted_quarter_counts_from_its_filing_date,
     expected_silver,
+)
+from tests.split_lake import (
+    NIGHTS,
+    assert_continuous_across_the_split,
+    assert_prices_on_the_newest_basis,
+    write_split_lake,
 )
 
 if TYPE_CHECKING:
@@ -89,18 +103,20 @@ class Built:
     rejected_after_replay: int
 
 
-def load_night(spark: SparkSession, lake: LocalLake, paths: set[str], batch_id: int) -> None:
+def load_night(
+    spark: SparkSession, lake: LocalLake, paths: set[str], batch_id: int, tables: Tables = TABLES
+) -> None:
     """One night through Bronze (what Auto Loader appends) and Silver (one foreachBatch call)."""
     for dataset in DATASETS.values():
         files = [p for p in dataset_files(lake, dataset) if p in paths]
         if not files:
             continue
         rows = spark_frame(spark, bronze_frame(lake, dataset, files))
-        rows.write.insertInto(TABLES.name(bronze_table(dataset)))
-        merge_silver_batch(rows, batch_id, dataset, TABLES)
+        rows.write.insertInto(tables.name(bronze_table(dataset)))
+        merge_silver_batch(rows, batch_id, dataset, tables)
     runs = runs_frame(lake, [p for p in manifest_files(lake) if p in paths])
     if runs.height:
-        spark_frame(spark, runs).write.insertInto(TABLES.name(bronze_table("runs")))
+        spark_frame(spark, runs).write.insertInto(tables.name(bronze_table("runs")))
 
 
 def replay_night(spark: SparkSession, lake: LocalLake, paths: set[str], batch_id: int) -> None:
@@ -256,7 +272,7 @@ def duckdb_lakehouse(built: Built, tmp_path_factory: pytest.TempPathFactory) -> 
     ("view", "order"),
     [
         ("price_features", "symbol, date"),
-        ("fundamentals_pit", "symbol, period_end, period"),
+        ("fundamentals_pit", "symbol, period_end, period, known_from"),
         ("daily_features", "symbol, date"),
         ("data_health", "dataset"),
     ],
@@ -303,8 +319,8 @@ def test_no_daily_feature_uses_a_statement_before_it_was_public(
 ) -> None:
     daily = gold(
         spark,
-        f"SELECT symbol, date, fundamentals_period_end FROM {TABLES.name('daily_features')} "
-        "ORDER BY symbol, date",
+        "SELECT symbol, date, fundamentals_period_end, fundamentals_known_from, ttm_revenue "
+        f"FROM {TABLES.name('daily_features')} ORDER BY symbol, date",
     )
     assert assert_no_look_ahead(daily, built.lake) > 400
 
@@ -323,3 +339,74 @@ def test_a_quarter_without_acceptance_times_counts_from_its_filing_date(
         f"FROM {TABLES.name('daily_features')} WHERE symbol = 'MSFT'",
     )
     assert_unaccepted_quarter_counts_from_its_filing_date(pit, daily, built.lake)
+
+
+def test_a_restated_quarter_shows_each_version_from_its_own_day(
+    spark: SparkSession, built: Built
+) -> None:
+    pit = gold(
+        spark,
+        "SELECT period_end, known_from, known_from_source, revised, ttm_revenue "
+        f"FROM {TABLES.name('fundamentals_pit')} WHERE symbol = 'AAPL'",
+    )
+    daily = gold(
+        spark,
+        "SELECT date, fundamentals_period_end, ttm_revenue "
+        f"FROM {TABLES.name('daily_features')} WHERE symbol = 'AAPL' ORDER BY date",
+    )
+    assert_restatements_point_in_time(pit, daily)
+
+
+@pytest.mark.parametrize("basis", ["fetched", "filed"])
+def test_valuation_is_continuous_across_a_split_on_either_statement_basis(
+    spark: SparkSession, basis: StatementBasis, tmp_path: Path
+) -> None:
+    lake = write_split_lake(tmp_path / "lake", basis)
+    tables = Tables(schema=f"split_{basis}")
+    engine = Engine(
+        clustering=False, change_data_feed=False, location_root=str(tmp_path / "warehouse")
+    )
+    create_tables(spark, tables, engine)
+    for batch_id, (run_id, _, _) in enumerate(NIGHTS):
+        night = {path for path in lake.list_files("") if run_id in path}
+        load_night(spark, lake, night, batch_id, tables)
+    build_gold(spark, tables, engine, today=split_lake.TODAY, statement_basis=basis)
+    daily = gold(
+        spark,
+        "SELECT symbol, date, close, ttm_eps_diluted, basic_shares, market_cap, pe_ratio "
+        f"FROM {tables.name('daily_features')} ORDER BY symbol, date",
+    )
+    assert assert_continuous_across_the_split(daily) > 250
+    features = gold(
+        spark,
+        "SELECT symbol, date, close, volume, daily_return, rsi_14 "
+        f"FROM {tables.name('price_features')} ORDER BY symbol, date",
+    )
+    assert assert_prices_on_the_newest_basis(features) > 700
+
+
+def test_seed_versions_fills_empty_versions_tables_from_bronze(
+    spark: SparkSession, built: Built, tmp_path: Path
+) -> None:
+    # A deployment older than the versions tables: Bronze has every fetch, the tables are new.
+    tables = Tables(schema="seeded")
+    engine = Engine(
+        clustering=False, change_data_feed=False, location_root=str(tmp_path / "warehouse")
+    )
+    create_tables(spark, tables, engine)
+    for name in STATEMENTS:
+        dataset = DATASETS[name]
+        rows = spark_frame(
+            spark, bronze_frame(built.lake, dataset, dataset_files(built.lake, dataset))
+        )
+        rows.write.insertInto(tables.name(bronze_table(dataset)))
+    filled = seed_versions(spark, tables)
+    assert filled == [tables.name(f"silver_{name}_versions") for name in STATEMENTS]
+    assert seed_versions(spark, tables) == []  # once only
+    columns = "symbol, date, period, _ingested_at, revenue, _filed_before, _last_seen_at"
+    query = f"SELECT {columns} FROM {{}} ORDER BY symbol, date, period, _ingested_at"
+    versions = "silver_income_statement_versions"
+    seeded = gold(spark, query.format(tables.name(versions)))
+    streamed = gold(spark, query.format(TABLES.name(versions)))
+    assert seeded.height > 30
+    assert seeded.equals(streamed)

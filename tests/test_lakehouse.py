@@ -9,6 +9,7 @@ from __future__ import annotations
 import datetime as dt
 import shutil
 from pathlib import Path
+from zoneinfo import ZoneInfo
 
 import duckdb
 import polars as pl
@@ -26,24 +27,34 @@ from stock_pipeline.lake import (
     read_dataset,
 )
 from stock_pipeline.lakehouse import build_lakehouse, refresh_rsi_table, run_query
-from stock_pipeline.medallion import silver_columns
+from stock_pipeline.medallion import StatementBasis, silver_columns
 from stock_pipeline.simulator import Fault
+from tests import split_lake
 from tests.medallion_lake import (
+    AMENDED_AT,
+    AMENDED_REVENUE_CHANGE,
     CORRECTED_DAY,
     CORRECTED_VOLUME,
     NEW_SECTOR,
     PRICE_FEATURES,
     STALE_DAY,
+    STATEMENTS,
     TODAY,
     MedallionLake,
     assert_no_look_ahead,
     assert_price_features_match,
+    assert_restatements_point_in_time,
     assert_rsi_is_talibs,
     assert_ttm_eps_and_pe_point_in_time,
     assert_unaccepted_quarter_counts_from_its_filing_date,
     expected_silver,
     ingest_night,
     quarterly_filings,
+)
+from tests.split_lake import (
+    assert_continuous_across_the_split,
+    assert_prices_on_the_newest_basis,
+    write_split_lake,
 )
 
 runner = CliRunner()
@@ -243,33 +254,48 @@ def test_an_undatable_statement_in_silver_is_never_used(
     # A row from before the check that quarantines statements with neither time.
     with duckdb.connect(str(database)) as con:
         con.execute(
-            "UPDATE silver_balance_sheet SET accepted_date = NULL, filing_date = NULL "
+            "UPDATE silver_balance_sheet_versions SET accepted_date = NULL, filing_date = NULL "
             f"WHERE symbol = 'AAPL' AND period LIKE 'Q%' AND date = DATE '{quarters[-4]}'"
         )
     pit = table(
-        database, "SELECT period_end, known_from FROM fundamentals_pit WHERE symbol = 'AAPL'"
+        database,
+        "SELECT period_end, known_from, ttm_revenue FROM fundamentals_pit WHERE symbol = 'AAPL'",
     )
-    # The quarter and the three trailing rows that add it have no date; the others keep theirs.
-    undated = pit.filter(pl.col("known_from").is_null())["period_end"].sort().to_list()
-    assert undated == quarters[-4:]
+    # The quarter is never known; the three after it are, without a trailing year that adds it.
+    assert quarters[-4] not in set(pit["period_end"])
+    assert pit["known_from"].null_count() == 0
+    later = pit.filter(pl.col("period_end").is_in(quarters[-3:]))
+    assert set(later["period_end"]) == set(quarters[-3:])
+    assert later["ttm_revenue"].null_count() == later.height
+    assert pit.filter(pl.col("period_end") == quarters[-5])["ttm_revenue"].null_count() == 0
     used = table(
         database,
-        "SELECT DISTINCT fundamentals_period_end FROM daily_features WHERE symbol = 'AAPL'",
+        "SELECT fundamentals_period_end, ttm_revenue FROM daily_features WHERE symbol = 'AAPL'",
     )
-    assert set(used["fundamentals_period_end"]) & set(quarters[-4:]) == set()
+    assert quarters[-4] not in set(used["fundamentals_period_end"])
     assert quarters[-5] in set(used["fundamentals_period_end"])
+    assert (
+        used.filter(pl.col("fundamentals_period_end").is_in(quarters[-3:]))[
+            "ttm_revenue"
+        ].null_count()
+        == used.filter(pl.col("fundamentals_period_end").is_in(quarters[-3:])).height
+    )
 
 
 def test_market_cap_is_the_close_times_the_quarters_basic_shares(
     both_nights: tuple[LocalLake, Path],
 ) -> None:
     _, database = both_nights
+    # FMP's close and basic shares, on the same (fetched) basis: their product is the market cap
+    # whatever basis daily_features puts each of them on.
     rows = table(
         database,
-        "SELECT d.close, d.market_cap, i.weighted_average_shs_out AS basic, "
+        "SELECT p.close, d.market_cap, i.weighted_average_shs_out AS basic, "
         "i.weighted_average_shs_out_dil AS diluted FROM daily_features AS d "
+        "JOIN silver_prices AS p ON p.symbol = d.symbol AND p.date = d.date "
         "JOIN silver_income_statement AS i ON i.symbol = d.symbol "
-        "AND i.date = d.fundamentals_period_end AND i.period LIKE 'Q%'",
+        "AND i.date = d.fundamentals_period_end AND i.period LIKE 'Q%' "
+        "WHERE d.fundamentals_known_from_source <> 'ingest'",
     )
     assert rows.height > 300
     assert (rows["market_cap"] - rows["close"] * rows["basic"]).abs().max() <= 1e-3
@@ -282,7 +308,8 @@ def test_no_daily_feature_uses_a_statement_before_it_was_public(
     lake, database = both_nights
     daily = table(
         database,
-        "SELECT symbol, date, fundamentals_period_end FROM daily_features ORDER BY symbol, date",
+        "SELECT symbol, date, fundamentals_period_end, fundamentals_known_from, ttm_revenue "
+        "FROM daily_features ORDER BY symbol, date",
     )
     assert assert_no_look_ahead(daily, lake) > 400
 
@@ -302,6 +329,77 @@ def test_a_quarter_without_acceptance_times_counts_from_its_filing_date(
         "WHERE symbol = 'MSFT'",
     )
     assert_unaccepted_quarter_counts_from_its_filing_date(pit, daily, lake)
+
+
+def test_a_restated_quarter_shows_each_version_from_its_own_day(
+    both_nights: tuple[LocalLake, Path],
+) -> None:
+    _, database = both_nights
+    pit = table(
+        database,
+        "SELECT period_end, known_from, known_from_source, revised, ttm_revenue "
+        "FROM fundamentals_pit WHERE symbol = 'AAPL'",
+    )
+    daily = table(
+        database,
+        "SELECT date, fundamentals_period_end, ttm_revenue FROM daily_features "
+        "WHERE symbol = 'AAPL' ORDER BY date",
+    )
+    assert_restatements_point_in_time(pit, daily)
+
+
+def test_a_database_older_than_the_versions_tables_fills_them_from_bronze(
+    both_nights: tuple[LocalLake, Path], tmp_path: Path
+) -> None:
+    lake, built = both_nights
+    database = tmp_path / "upgraded.duckdb"
+    shutil.copy(built, database)
+    pit = "SELECT * FROM fundamentals_pit ORDER BY symbol, period_end, known_from"
+    before = table(database, pit)
+    with duckdb.connect(str(database)) as con:
+        for name in STATEMENTS:
+            con.execute(f"DELETE FROM silver_{name}_versions")
+    assert table(database, "SELECT COUNT(*) AS n FROM fundamentals_pit")["n"][0] == 0
+    report = build_lakehouse(lake, database, today=TODAY)
+    assert all(load.new_files == 0 for load in report.datasets.values())
+    assert table(database, pit).equals(before)
+
+
+def _lake_until(lake: LocalLake, cutoff: str, target: Path) -> LocalLake:
+    """A copy of `lake` with the runs that started at or before `cutoff` (their files and
+    manifests): the lake as it was that night."""
+    for path in lake.list_files(""):
+        if Path(path).name[:16] <= cutoff:
+            (target / path).parent.mkdir(parents=True, exist_ok=True)
+            shutil.copy2(lake.root / path, target / path)
+    return LocalLake(target)
+
+
+def test_gold_built_on_each_night_agrees_with_gold_built_today(
+    both_nights: tuple[LocalLake, Path], tmp_path: Path
+) -> None:
+    # A backtest run any night sees the same past as one run today; the only exception is a
+    # version first fetched later that counts from its own, earlier acceptance (the amendment).
+    lake, built = both_nights
+    columns = (
+        "symbol, date, fundamentals_period_end, fundamentals_known_from, ttm_revenue, "
+        "ttm_eps_diluted, market_cap"
+    )
+    query = f"SELECT {columns} FROM daily_features ORDER BY symbol, date"
+    today = table(built, query)
+    amended_after = AMENDED_AT.astimezone(ZoneInfo("America/New_York")).date()
+    for cutoff in ("20250725T020000Z", "20250728T010000Z", "20250731T020000Z", "20250731T040000Z"):
+        then_lake = _lake_until(lake, cutoff, tmp_path / cutoff)
+        database = tmp_path / f"{cutoff}.duckdb"
+        build_lakehouse(then_lake, database, today=TODAY)
+        then = table(database, query)
+        now = today.join(then.select("symbol", "date"), on=["symbol", "date"])
+        assert now.height == then.height > 700, cutoff
+        late = (pl.col("symbol") == "AAPL") & (pl.col("date") > amended_after)
+        assert now.filter(~late).equals(then.filter(~late)), cutoff
+        differ = now.filter(late)["ttm_revenue"] - then.filter(late)["ttm_revenue"]
+        assert differ.len() > 20, cutoff
+        assert (differ == AMENDED_REVENUE_CHANGE).all(), cutoff
 
 
 def test_ttm_eps_and_pe_are_point_in_time(both_nights: tuple[LocalLake, Path]) -> None:
@@ -337,6 +435,8 @@ def test_a_late_filing_for_an_older_quarter_does_not_replace_the_newer_one(
             pl.lit(amended_at).alias("accepted_date"),
             pl.lit(ingested).alias("_ingested_at"),
             pl.lit(run).alias("_run_id"),
+            # An amendment: new figures under a new acceptance time.
+            *([pl.col("revenue") * 1.01] if name == "income_statement" else []),
         )  # fmt: skip
         assert rows.height == 1
         lake.write_file(partition_path(data, ingested.date(), run), encode_partition(data, rows))
@@ -352,8 +452,8 @@ def test_a_late_filing_for_an_older_quarter_does_not_replace_the_newer_one(
     pit = table(
         database, "SELECT period_end, known_from FROM fundamentals_pit WHERE symbol = 'AAPL'"
     )
-    amended = pit.filter(pl.col("period_end") == older["date"])["known_from"][0]
-    assert amended == amended_at.date()  # the amendment did land
+    versions = pit.filter(pl.col("period_end") == older["date"])["known_from"].sort().to_list()
+    assert versions == [older["public_on"], amended_at.date()]  # the amendment did land
 
 
 def test_data_health_reports_coverage_gaps_quarantine_and_the_last_run(
@@ -507,3 +607,66 @@ def test_silver_lineage_names_the_source_file(
     )
     assert bronze["m"][0] is not None
     assert bronze["r"][0] == 0
+
+
+SPLIT_PRICES = (
+    "SELECT symbol, date, close, volume, daily_return, rsi_14 FROM price_features "
+    "ORDER BY symbol, date"
+)
+SPLIT_FEATURES = (
+    "SELECT symbol, date, close, ttm_eps_diluted, basic_shares, market_cap, pe_ratio "
+    "FROM daily_features ORDER BY symbol, date"
+)
+
+
+@pytest.mark.parametrize("basis", ["fetched", "filed"])
+def test_valuation_is_continuous_across_a_split_on_either_statement_basis(
+    basis: StatementBasis, tmp_path: Path
+) -> None:
+    lake = write_split_lake(tmp_path / "lake", basis)
+    database = tmp_path / "lakehouse.duckdb"
+    build_lakehouse(lake, database, today=split_lake.TODAY, statement_basis=basis)
+    assert assert_continuous_across_the_split(table(database, SPLIT_FEATURES)) > 250
+    features = table(database, SPLIT_PRICES)
+    assert assert_prices_on_the_newest_basis(features) > 700
+    # The last month uses the quarters FMP restated for the split (fetched basis): same figures
+    # on any one basis, dated from the night that saw them.
+    last_month = table(
+        database,
+        "SELECT fundamentals_known_from_source AS source FROM daily_features "
+        f"WHERE symbol = '{split_lake.SPLITTER}' AND date > DATE '2025-06-30'",
+    )
+    assert last_month.height > 15
+    assert set(last_month["source"]) == {"ingest" if basis == "fetched" else "acceptance"}
+
+
+def test_reading_statements_on_the_wrong_basis_breaks_the_backfilled_splitter(
+    tmp_path: Path,
+) -> None:
+    # Proof the setting matters: statements filed before the split, first fetched after it.
+    lake = write_split_lake(tmp_path / "lake", "filed")
+    database = tmp_path / "lakehouse.duckdb"
+    build_lakehouse(lake, database, today=split_lake.TODAY, statement_basis="fetched")
+    daily = table(database, SPLIT_FEATURES)
+    expected = split_lake.expected_daily(split_lake.COMPANIES[1])
+    late = daily.filter(pl.col("symbol") == split_lake.LATE).join(expected, on="date")
+    before = late.filter(pl.col("date") < split_lake.SPLIT_DAY).drop_nulls("pe_ratio")
+    assert before.height > 20
+    # Pre-split EPS taken for post-split EPS: four times too large, P/E a quarter of the truth.
+    off = before["pe_ratio"] * split_lake.RATIO / before["pe_ratio_right"] - 1
+    assert off.abs().max() < 1e-9
+    with pytest.raises(AssertionError):
+        assert_continuous_across_the_split(daily)
+
+
+def test_cli_reads_statements_on_the_basis_it_is_told(tmp_path: Path) -> None:
+    lake = write_split_lake(tmp_path / "lake", "filed")
+    database = tmp_path / "lakehouse.duckdb"
+    args = ["lakehouse", "--lake", str(lake.root), "--database", str(database)]
+    wrong = runner.invoke(app, [*args, "--statement-basis", "as-reported"])
+    assert wrong.exit_code == 2
+    assert "fetched" in wrong.output
+    assert "filed" in wrong.output
+    built = runner.invoke(app, [*args, "--statement-basis", "filed"])
+    assert built.exit_code == 0, built.output
+    assert assert_continuous_across_the_split(table(database, SPLIT_FEATURES)) > 250

@@ -52,6 +52,9 @@ def con() -> duckdb.DuckDBPyConnection:
     ddl = ", ".join(f"{c.name} {c.type.spark}" for c in silver_columns(PRICES))
     connection.execute(f"CREATE TABLE silver_prices ({ddl})")
     connection.execute(f"CREATE TABLE batch ({ddl})")
+    # Gold reads the splits to put prices on one share basis; these symbols never split.
+    splits = ", ".join(f"{c.name} {c.type.spark}" for c in silver_columns(DATASETS["splits"]))
+    connection.execute(f"CREATE TABLE silver_splits ({splits})")
     return connection
 
 

@@ -4,15 +4,17 @@
 # MAGIC
 # MAGIC Refreshes `ref_exchange_sessions` (the NYSE calendar), extends `gold_rsi_14` (Wilder's RSI,
 # MAGIC carried night to night: only new sessions are computed) and (re)creates the Gold views, all
-# MAGIC generated from the dataset registry: `price_features`, `fundamentals_pit` (trailing twelve
-# MAGIC months as known on each date, dated by the SEC acceptance time, never the period end),
-# MAGIC `daily_features` (market cap, P/E, P/S, P/B, FCF yield) and `data_health`. Views read
-# MAGIC Silver as it is now.
+# MAGIC generated from the dataset registry: `price_features` (on one share basis across splits),
+# MAGIC `fundamentals_pit` (trailing twelve months from every version of each quarter, each known
+# MAGIC from its SEC acceptance time, never the period end), `daily_features` (market cap, P/E, P/S,
+# MAGIC P/B, FCF yield on each session's own share basis) and `data_health`. Views read Silver as
+# MAGIC it is now.
 
 # COMMAND ----------
 
 dbutils.widgets.text("catalog", "main", "Catalog")
 dbutils.widgets.text("schema", "stock_pipeline", "Schema")
+dbutils.widgets.text("statement_basis", "fetched", "Share basis of FMP's statements")
 
 # COMMAND ----------
 
@@ -20,7 +22,10 @@ from stock_pipeline.medallion import Tables
 from stock_pipeline.medallion_spark import build_gold
 
 tables = Tables(dbutils.widgets.get("catalog"), dbutils.widgets.get("schema"))
-views = build_gold(spark, tables)
+basis = dbutils.widgets.get("statement_basis")
+if basis not in ("fetched", "filed"):
+    raise ValueError(f"statement_basis must be 'fetched' or 'filed', not {basis!r}")
+views = build_gold(spark, tables, statement_basis=basis)
 print(f"Gold views: {', '.join(views)}")
 
 # COMMAND ----------

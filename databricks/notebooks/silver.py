@@ -11,6 +11,8 @@
 # MAGIC (symbol, date, period). Profiles become `dim_company`, a type-2 history
 # MAGIC (`valid_from`, `valid_to`, `is_current`).
 # MAGIC
+# MAGIC Statements also keep every version (`silver_<statement>_versions`), for point-in-time Gold.
+# MAGIC
 # MAGIC The Silver tables have the change data feed on: read what changed with `table_changes`.
 
 # COMMAND ----------
@@ -22,7 +24,7 @@ dbutils.widgets.text("checkpoint_root", "", "Checkpoint root (s3://… or /Volum
 # COMMAND ----------
 
 from stock_pipeline.medallion import Tables
-from stock_pipeline.medallion_spark import create_tables, run_silver
+from stock_pipeline.medallion_spark import create_tables, run_silver, seed_versions
 
 checkpoint_root = dbutils.widgets.get("checkpoint_root").rstrip("/")
 if not checkpoint_root:
@@ -32,6 +34,9 @@ tables = Tables(dbutils.widgets.get("catalog"), dbutils.widgets.get("schema"))
 # COMMAND ----------
 
 create_tables(spark, tables)
+seeded = seed_versions(spark, tables)  # once, on a deployment older than the versions tables
+if seeded:
+    print(f"Filled from Bronze: {', '.join(seeded)}")
 merged = run_silver(spark, tables, checkpoint_root)
 print(f"Silver merged: {', '.join(merged)}")
 
