@@ -235,6 +235,8 @@ class FmpClient:
     rng: random.Random = field(default_factory=random.Random)
     stats: dict[str, RequestStats] = field(default_factory=dict)
     _slots: asyncio.Semaphore = field(init=False)
+    #: Set by the first refusal of the key: nothing else is sent after it.
+    _refused: FmpAuthError | None = field(init=False, default=None)
 
     def __post_init__(self) -> None:
         self.base_url = self.base_url.rstrip("/")
@@ -268,8 +270,16 @@ class FmpClient:
             attempt += 1
             try:
                 async with self._request_slot(urgent, gate), self.pacer.slot():
+                    if self._refused is not None:
+                        # Queued before the key was refused: a second 401 would tell nothing.
+                        raise self._refused
                     stats.requests += 1
-                    return await self._fetch_once(endpoint, params, dataset, symbol)
+                    try:
+                        return await self._fetch_once(endpoint, params, dataset, symbol)
+                    except FmpAuthError as refused:
+                        # Before the slot is released, so no queued request goes out after it.
+                        self._refused = refused
+                        raise
             except FmpError as error:
                 if isinstance(error, FmpRateLimitError):
                     stats.rate_limited += 1

@@ -122,6 +122,26 @@ async def test_wrong_key_is_an_auth_error_sent_once(fmp_server: SimulatorFactory
     assert_redacted(caught.value)
 
 
+async def test_requests_queued_behind_a_refused_key_are_never_sent(
+    fmp_server: SimulatorFactory,
+) -> None:
+    # One slot: the others wait for it, and the refusal is known before it is given back.
+    async with (
+        fmp_server(api_key="another-key") as (url, simulator),
+        open_client(url, concurrency=1) as client,
+    ):
+        results = await asyncio.gather(
+            *(
+                client.fetch_records(PROFILE, {"symbol": symbol}, dataset="profile")
+                for symbol in ("AAPL", "MSFT", "KO", "IBM")
+            ),
+            return_exceptions=True,
+        )
+    assert all(isinstance(r, FmpAuthError) for r in results)
+    assert len(simulator.requests) == 1
+    assert client.stats["profile"].requests == 1
+
+
 async def test_legacy_403_is_an_auth_error_sent_once() -> None:
     hits: list[str] = []
 
