@@ -4,6 +4,10 @@ The simulator runs in its own process (as FMP would be elsewhere), the ingest in
 figures are the ingester's own: wall time, requests per second, peak memory (max RSS), and from the
 manifest the requests sent, rows, files and rate-limit responses.
 
+With `--floor`, the same requests are first fetched by a client that reads every answer and
+throws the bytes away (aiohttp, same concurrency, same simulator, its own process): the time no
+ingester can beat on this machine. The product's wall time is then reported as a ratio to it.
+
     .venv/bin/python benchmarks/backfill.py --tickers 500 --sessions 1260            # unthrottled
     .venv/bin/python benchmarks/backfill.py --tickers 300 --sessions 5 \\
         --rate-limit 600 --server-limit 600                                          # paced
@@ -51,9 +55,17 @@ def main() -> None:
         type=Path,
         help="land the lake here and keep it (default: a temporary folder)",
     )
+    parser.add_argument(
+        "--floor", action="store_true", help="measure the fetch-and-discard floor first"
+    )
+    parser.add_argument("--floor-worker", type=int, help=argparse.SUPPRESS)  # the simulator port
     args = parser.parse_args()
+    if args.floor_worker:
+        print(json.dumps(fetch_and_discard(args, args.floor_worker)))
+        return
 
     port = free_port()
+    floor: dict[str, float] | None = None
     server_cmd = [sys.executable, "-m", "stock_pipeline.simulator", "--port", str(port)]
     if args.server_limit:
         server_cmd += ["--rate-limit", str(args.server_limit), "--window-seconds", "60"]
@@ -61,6 +73,9 @@ def main() -> None:
     try:
         assert server.stdout is not None
         server.stdout.readline()  # the "listening" line
+        if args.floor:
+            floor = measure_floor(args, port)
+        cpu_before = _children_cpu()
         with tempfile.TemporaryDirectory() as scratch:
             tickers = Path(scratch) / "tickers.csv"
             tickers.write_text("symbol\n" + "".join(f"S{i:04d}\n" for i in range(args.tickers)))
@@ -80,7 +95,7 @@ def main() -> None:
             # Only the ingest has ended by now: the simulator's usage is not in these figures.
             usage = resource.getrusage(resource.RUSAGE_CHILDREN)
             peak_kib = usage.ru_maxrss
-            ingest_cpu = usage.ru_utime + usage.ru_stime
+            ingest_cpu = usage.ru_utime + usage.ru_stime - cpu_before
             if done.returncode != 0:
                 sys.stderr.write(done.stdout + done.stderr)
                 raise SystemExit(f"ingest exited {done.returncode}")
@@ -113,10 +128,85 @@ def main() -> None:
         "ingest_cpu_ms_per_request": round(ingest_cpu / requests * 1000, 2),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
+    if floor is not None:
+        figures["floor"] = floor
+        figures["wall_to_floor"] = round(wall / floor["wall_seconds"], 2)
     text = json.dumps(figures, indent=2)
     print(text)
     if args.output:
         args.output.write_text(text + "\n")
+
+
+def _children_cpu() -> float:
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
+
+
+def measure_floor(args: argparse.Namespace, port: int) -> dict[str, float]:
+    """Run the fetch-and-discard client in a process of its own; its wall time, CPU and RSS."""
+    cpu_before = _children_cpu()
+    cmd = [sys.executable, __file__, "--floor-worker", str(port)]
+    for name in ("tickers", "sessions", "end", "datasets", "concurrency"):
+        cmd += [f"--{name}", str(getattr(args, name))]
+    started = time.perf_counter()
+    done = subprocess.run(cmd, capture_output=True, text=True, check=True)
+    wall = time.perf_counter() - started
+    measured = json.loads(done.stdout)
+    return {
+        "wall_seconds": round(wall, 1),
+        "fetch_seconds": measured["seconds"],
+        "requests": measured["requests"],
+        "megabytes": measured["megabytes"],
+        "cpu_seconds": round(_children_cpu() - cpu_before, 1),
+        "peak_rss_mib": round(resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss / 1024, 1),
+    }
+
+
+def fetch_and_discard(args: argparse.Namespace, port: int) -> dict[str, float]:
+    """Every request the ingest would send (its own plan), each answer read and dropped."""
+    import asyncio
+    import datetime as dt
+
+    import aiohttp
+
+    from stock_pipeline.plan import plan_run, resolve_range
+
+    end = dt.date.fromisoformat(args.end)
+    start, end = resolve_range(end=end, start=None, backfill_days=args.sessions, last_landed=None)
+    plan = plan_run(
+        run_id="floor",
+        symbols=[f"S{i:04d}" for i in range(args.tickers)],
+        datasets=args.datasets.split(","),
+        start=start,
+        end=end,
+    )
+    from stock_pipeline.datasets import DATASETS
+
+    endpoints = {name: DATASETS[name].endpoint for name in plan.datasets}
+
+    async def run() -> tuple[float, int]:
+        slots = asyncio.Semaphore(args.concurrency)
+        received = 0
+        async with aiohttp.ClientSession() as session:
+
+            async def one(dataset: str, params: tuple[tuple[str, str], ...]) -> None:
+                nonlocal received
+                async with slots:
+                    url = f"http://127.0.0.1:{port}/stable/{endpoints[dataset]}"
+                    query = {**dict(params), "apikey": "demo"}
+                    async with session.get(url, params=query) as response:
+                        received += len(await response.read())
+
+            started = time.perf_counter()
+            await asyncio.gather(*(one(r.dataset, r.params) for r in plan.requests))
+            return time.perf_counter() - started, received
+
+    seconds, received = asyncio.run(run())
+    return {
+        "seconds": round(seconds, 2),
+        "requests": len(plan.requests),
+        "megabytes": round(received / 1e6, 1),
+    }
 
 
 if __name__ == "__main__":

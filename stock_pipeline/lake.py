@@ -347,19 +347,27 @@ def to_arrow(frame: pl.DataFrame, schema: pa.Schema) -> pa.Table:
     return frame.select(schema.names).to_arrow().cast(schema)
 
 
+def partition_slices(
+    dataset: Dataset, frame: pl.DataFrame, ingest_date: dt.date
+) -> tuple[pl.DataFrame, list[tuple[dt.date, int, int]]]:
+    """`frame` sorted by partition then symbol, and each partition's (value, offset, length)."""
+    if not dataset.partition_in_data:
+        return frame.sort("symbol"), ([(ingest_date, 0, frame.height)] if frame.height else [])
+    ordered = frame.sort([dataset.partition, "symbol"])
+    slices, offset = [], 0
+    for length, value in ordered[dataset.partition].rle().struct.unnest().iter_rows():
+        slices.append((value, offset, length))
+        offset += length
+    return ordered, slices
+
+
 def split_partitions(
     dataset: Dataset, frame: pl.DataFrame, ingest_date: dt.date
 ) -> Iterator[tuple[dt.date, pl.DataFrame]]:
     """One slice of `frame` per partition value, sorted by symbol (slices share its memory)."""
-    if not dataset.partition_in_data:
-        if frame.height:
-            yield ingest_date, frame.sort("symbol")
-        return
-    ordered = frame.sort([dataset.partition, "symbol"])
-    offset = 0
-    for length, value in ordered[dataset.partition].rle().struct.unnest().iter_rows():
+    ordered, slices = partition_slices(dataset, frame, ingest_date)
+    for value, offset, length in slices:
         yield value, ordered.slice(offset, length)
-        offset += length
 
 
 def encode_partition(dataset: Dataset, frame: pl.DataFrame) -> bytes:

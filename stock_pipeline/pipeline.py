@@ -10,13 +10,16 @@ from __future__ import annotations
 import asyncio
 import datetime as dt
 import logging
+import tempfile
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
+from pathlib import Path
 from typing import Any, Literal, TypeVar
 
 import polars as pl
+import pyarrow as pa
 
 from stock_pipeline.config import PRICE_ROW_CAP
 from stock_pipeline.datasets import DATASETS, Dataset
@@ -33,15 +36,17 @@ from stock_pipeline.fmp import PROBE_SYMBOL, FmpClient
 from stock_pipeline.lake import (
     Lake,
     StoredFile,
-    encode_partition,
+    encode_parquet,
     encode_quarantine,
     partition_column,
     partition_path,
-    split_partitions,
+    partition_slices,
+    to_arrow,
     write_manifest,
 )
 from stock_pipeline.normalize import NormalizeContext, Normalized, normalize_records
 from stock_pipeline.plan import Plan, Request
+from stock_pipeline.spill import Spill
 
 __all__ = [
     "DatasetSummary",
@@ -54,6 +59,8 @@ __all__ = [
 #: Normalize a dataset's records in batches of about this many, to keep memory flat on big backfills.
 NORMALIZE_BATCH_ROWS = 10_000
 MANIFEST_VERSION = 1
+#: Requests between being sent and having their rows in a batch, per request slot of the client.
+WORK_PER_REQUEST_SLOT = 1
 #: This many requests in a row that cannot connect mean FMP (or the network) is down: stop.
 UNREACHABLE_AFTER = 5
 
@@ -191,8 +198,10 @@ def _shape(request: Request) -> tuple[tuple[str, str], ...]:
 class _DatasetState:
     dataset: Dataset
     started: float
+    spill: Spill
     pending: list[dict[str, Any]] = field(default_factory=list)
-    parts: list[Normalized] = field(default_factory=list)
+    quarantined: list[pl.DataFrame] = field(default_factory=list)
+    duplicates: int = 0
     ok_symbols: set[str] = field(default_factory=set)
     failed_symbols: set[str] = field(default_factory=set)
     symbols_with_rows: set[str] = field(default_factory=set)
@@ -243,6 +252,7 @@ class _Run:
         progress: Callable[[ProgressEvent], None] | None,
         write_concurrency: int,
         max_price_rows: int,
+        scratch: Path,
     ) -> None:
         self.plan = plan
         self.client = client
@@ -251,6 +261,7 @@ class _Run:
         self.progress = progress
         self.max_price_rows = max_price_rows
         self.writes = asyncio.Semaphore(write_concurrency)
+        self.work = asyncio.Semaphore(WORK_PER_REQUEST_SLOT * client.concurrency)
         self.context = NormalizeContext(
             run_id=plan.run_id,
             ingested_at=ingested_at,
@@ -259,7 +270,14 @@ class _Run:
             sessions=frozenset(plan.sessions),
         )
         now = time.monotonic()
-        self.states = {name: _DatasetState(DATASETS[name], now) for name in plan.datasets}
+        self.states = {
+            name: _DatasetState(
+                DATASETS[name],
+                now,
+                Spill(scratch / name, DATASETS[name], start=plan.start, symbols=len(plan.symbols)),
+            )
+            for name in plan.datasets
+        }
         self.failures: list[Failure] = []
         self.files: list[FileRecord] = []
         self.requests_total = len(plan.requests)
@@ -389,10 +407,16 @@ class _Run:
 
     async def _run_request(self, request: Request) -> None:
         state = self.states[request.dataset]
+        ticket = False
         try:
             if refused := state.refusal_for(request):
                 self._fail(state, request.symbol, refused)
                 return
+            # A ticket from before the request is sent until its rows are in a batch (and that
+            # batch normalized, when this request filled it): answers never pile up faster than
+            # they are normalized, whatever the number of requests.
+            await self.work.acquire()
+            ticket = True
             records = await self._fetch_or_refusal(state, request)
             # Answered: from here on a refusal elsewhere must not cancel this task, whose rows
             # are on their way into a batch.
@@ -437,6 +461,8 @@ class _Run:
             if len(state.pending) >= NORMALIZE_BATCH_ROWS:
                 await self._flush(state)
         finally:
+            if ticket:
+                self.work.release()
             self.requests_done += 1
             self._tick()
 
@@ -444,20 +470,28 @@ class _Run:
         batch, state.pending = state.pending, []
         if not batch:
             return
+
+        def normalize_and_spill() -> Normalized:
+            normalized = normalize_records(state.dataset, batch, self.context)
+            state.spill.add(normalized.rows)
+            return normalized
+
         try:
-            normalized = await asyncio.to_thread(
-                normalize_records, state.dataset, batch, self.context
-            )
+            normalized = await asyncio.to_thread(normalize_and_spill)
         except Exception as error:  # nothing of this batch may land half-checked
             log.exception("could not normalize a batch of %s", state.dataset.name)
             for symbol in sorted({str(r.get("symbol")) for r in batch}):
                 self._fail(state, symbol, error)
             return
-        state.parts.append(normalized)
+        if normalized.quarantine.height:
+            state.quarantined.append(normalized.quarantine)
+        state.duplicates += normalized.duplicates_dropped
 
     async def _write(
-        self, dataset: str, kind: Literal["raw", "quarantine"], value: dt.date, frame: pl.DataFrame
+        self, dataset: str, kind: Literal["raw", "quarantine"], value: dt.date, data: Any
     ) -> None:
+        """Land one partition's file: `data` is a polars frame (quarantine) or an Arrow table
+        already on the dataset's file schema (raw)."""
         info = DATASETS[dataset]
         quarantine = kind == "quarantine"
         path = partition_path(info, value, self.plan.run_id, quarantine=quarantine)
@@ -465,10 +499,10 @@ class _Run:
             try:
                 # Encoding inside the semaphore keeps at most a few Arrow copies alive at once.
                 if quarantine:
-                    data = await asyncio.to_thread(encode_quarantine, frame)
+                    body = await asyncio.to_thread(encode_quarantine, data)
                 else:
-                    data = await asyncio.to_thread(encode_partition, info, frame)
-                stored = await asyncio.to_thread(self.lake.write_file, path, data)
+                    body = await asyncio.to_thread(encode_parquet, data)
+                stored = await asyncio.to_thread(self.lake.write_file, path, body)
             except LakeError as error:
                 self.failures.append(Failure(dataset, None, "LakeWriteError", str(error)))
                 return
@@ -478,33 +512,55 @@ class _Run:
                 self.failures.append(Failure(dataset, None, type(error).__name__, message))
                 return
         column = partition_column(info, quarantine=quarantine)
-        self.files.append(FileRecord(dataset, kind, f"{column}={value}", frame.height, stored))
+        rows = data.height if quarantine else data.num_rows
+        self.files.append(FileRecord(dataset, kind, f"{column}={value}", rows, stored))
         self._tick()
 
-    async def _land(self, state: _DatasetState) -> tuple[pl.DataFrame, int, int]:
+    async def _land(self, state: _DatasetState) -> dict[str, tuple[dt.date, ...]]:
+        """Land the dataset bucket by bucket from its spill; returns the price gaps."""
         await self._flush(state)
-        dataset = state.dataset
-        parts = state.parts
-        if parts:
-            # Batches are deduplicated one by one; a key can only repeat across overlapping
-            # answers. One lazy query keeps this to a single copy of the dataset.
-            rows = (
-                pl.concat([p.rows.lazy() for p in parts])
-                .unique(subset=list(dataset.key), keep="first", maintain_order=True)
-                .collect()
-            )
-        else:
-            rows = normalize_records(dataset, [], self.context).rows
-        quarantine = pl.concat([p.quarantine for p in parts]) if parts else None
-        duplicates = sum(p.duplicates_dropped for p in parts)
+        dataset, spill = state.dataset, state.spill
         ingest_date = self.ingested_at.date()
-        async with asyncio.TaskGroup() as group:
-            for value, part in split_partitions(dataset, rows, ingest_date):
-                group.create_task(self._write(dataset.name, "raw", value, part))
-            if quarantine is not None and quarantine.height:
-                group.create_task(self._write(dataset.name, "quarantine", ingest_date, quarantine))
+        schema = dataset.arrow_schema()
+        prices = dataset.kind == "prices"
+        missing: list[pl.DataFrame] = []
+        sessions_by_bucket: dict[int, list[dt.date]] = defaultdict(list)
+        if prices:
+            for day in self.plan.sessions:
+                sessions_by_bucket[spill.bucket_of(day)].append(day)
+
+        def prepare(bucket: int) -> tuple[pa.Table, list[tuple[dt.date, int, int]], pl.DataFrame]:
+            # Batches are deduplicated one by one; a key can only repeat across overlapping
+            # answers, which fall in the same bucket (same partition value).
+            rows = spill.read(bucket).unique(
+                subset=list(dataset.key), keep="first", maintain_order=True
+            )
+            ordered, slices = partition_slices(dataset, rows, ingest_date)
+            # One conversion to the file schema per bucket; each file is a zero-copy slice.
+            present = rows.select("symbol", "date") if prices else rows.clear()
+            return to_arrow(ordered, schema), slices, present
+
+        spilled = set(spill.buckets())
+        for bucket in sorted(spilled | set(sessions_by_bucket)):
+            if bucket in spilled:
+                table, slices, present = await asyncio.to_thread(prepare, bucket)
+                async with asyncio.TaskGroup() as group:
+                    for value, offset, length in slices:
+                        group.create_task(
+                            self._write(dataset.name, "raw", value, table.slice(offset, length))
+                        )
+                del table
+            else:
+                present = pl.DataFrame(schema={"symbol": pl.String, "date": pl.Date})
+            if prices:
+                missing.append(
+                    _missing(present, sessions_by_bucket.get(bucket, []), state.ok_symbols)
+                )
+        quarantine = pl.concat(state.quarantined) if state.quarantined else None
+        if quarantine is not None and quarantine.height:
+            await self._write(dataset.name, "quarantine", ingest_date, quarantine)
         state.finished = time.monotonic()
-        return rows, (quarantine.height if quarantine is not None else 0), duplicates
+        return _gaps(missing) if prices else {}
 
     async def run(self) -> tuple[list[DatasetSummary], dict[str, dict[str, tuple[dt.date, ...]]]]:
         by_dataset: dict[str, list[Request]] = defaultdict(list)
@@ -515,14 +571,11 @@ class _Run:
             state = self.states[name]
             async with asyncio.TaskGroup() as group:
                 state.tasks = {group.create_task(self._run_request(r)): r for r in by_dataset[name]}
-            rows, quarantined, duplicates = await self._land(state)
+            gaps = await self._land(state)
             stats = self.client.stats.get(name)
             files = [f for f in self.files if f.dataset == name]
-            gaps = (
-                _gaps(rows, self.plan.sessions, state.ok_symbols)
-                if state.dataset.kind == "prices"
-                else {}
-            )
+            quarantined = sum(f.height for f in state.quarantined)
+            duplicates = state.duplicates
             summary = DatasetSummary(
                 dataset=name,
                 symbols_ok=len(state.ok_symbols - state.failed_symbols),
@@ -556,20 +609,26 @@ class _Run:
         return [s for s, _ in results], gaps
 
 
-def _gaps(
-    rows: pl.DataFrame, sessions: Iterable[dt.date], symbols: Iterable[str]
-) -> dict[str, tuple[dt.date, ...]]:
-    """Sessions in range without a row, per symbol that answered (listings start and stop)."""
-    expected = set(sessions)
-    present: dict[str, set[dt.date]] = defaultdict(set)
-    for symbol, day in rows.select("symbol", "date").iter_rows():
-        present[symbol].add(day)
-    out = {}
-    for symbol in sorted(symbols):
-        missing = expected - present.get(symbol, set())
-        if missing:
-            out[symbol] = tuple(sorted(missing))
-    return out
+def _missing(
+    present: pl.DataFrame, sessions: Sequence[dt.date], symbols: Iterable[str]
+) -> pl.DataFrame:
+    """(symbol, date) of every session in `sessions` without a row in `present`, per symbol
+    that answered (listings start and stop)."""
+    expected = pl.DataFrame({"symbol": sorted(symbols)}, schema={"symbol": pl.String}).join(
+        pl.DataFrame({"date": sessions}, schema={"date": pl.Date}), how="cross"
+    )
+    return expected.join(present, on=["symbol", "date"], how="anti")
+
+
+def _gaps(missing: Sequence[pl.DataFrame]) -> dict[str, tuple[dt.date, ...]]:
+    """Sessions in range without a row, per symbol, from every bucket's missing pairs."""
+    if not missing:
+        return {}
+    pairs = pl.concat(missing).sort("symbol", "date")
+    return {
+        str(symbol): tuple(days)
+        for symbol, days in pairs.group_by("symbol", maintain_order=True).agg("date").iter_rows()
+    }
 
 
 _E = TypeVar("_E", bound=BaseException)
@@ -591,13 +650,43 @@ async def run_ingest(
     progress: Callable[[ProgressEvent], None] | None = None,
     write_concurrency: int = 8,
     max_price_rows: int = PRICE_ROW_CAP,
+    scratch: Path | None = None,
 ) -> RunReport:
     """Fetch, normalize and land every request of `plan`, then write the manifest last.
 
     A refused key (FmpAuthError) or an unreachable FMP (FmpUnreachableError) aborts the run: the
     manifest records the abort, no data file is written, and the error propagates.
+
+    Normalized rows wait for landing in `scratch` (a local folder; default: a temporary one),
+    which is removed when the run ends.
     """
-    run = _Run(plan, client, lake, started_at, progress, write_concurrency, max_price_rows)
+    with tempfile.TemporaryDirectory(prefix="stock-pipeline-", dir=scratch) as folder:
+        return await _run_ingest(
+            plan,
+            client=client,
+            lake=lake,
+            started_at=started_at,
+            parameters=parameters,
+            progress=progress,
+            write_concurrency=write_concurrency,
+            max_price_rows=max_price_rows,
+            scratch=Path(folder),
+        )
+
+
+async def _run_ingest(
+    plan: Plan,
+    *,
+    client: FmpClient,
+    lake: Lake,
+    started_at: dt.datetime,
+    parameters: Mapping[str, Any] | None,
+    progress: Callable[[ProgressEvent], None] | None,
+    write_concurrency: int,
+    max_price_rows: int,
+    scratch: Path,
+) -> RunReport:
+    run = _Run(plan, client, lake, started_at, progress, write_concurrency, max_price_rows, scratch)
     params = dict(parameters or {})
 
     def report(

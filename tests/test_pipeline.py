@@ -16,7 +16,7 @@ import polars as pl
 import pyarrow.parquet as pq
 import pytest
 
-from stock_pipeline import pipeline
+from stock_pipeline import pipeline, spill
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.errors import ExitCode, FmpAuthError, LakeWriteError
 from stock_pipeline.fmp import FmpClient, RequestPacer, RetryPolicy
@@ -455,3 +455,55 @@ def test_statement_limits_reach_back_to_the_start_from_today() -> None:
     [request] = plan.requests
     # FMP answers newest first: 2016 is about 43 quarters back from today.
     assert int(dict(request.params)["limit"]) >= 43
+
+
+async def test_landing_bucket_by_bucket_lands_the_same_files_as_landing_at_once(
+    fmp_server: SimulatorFactory, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # Rows wait on local disk in buckets of sessions; a bucket of a row or two per symbol must
+    # land exactly what one bucket for the whole range lands, duplicates and gaps included.
+    symbols = ("AAPL", "MSFT", "KO")
+    faults = {"MSFT": (Fault(kind="duplicates"),), "KO": (Fault(kind="bad_rows"),)}
+    datasets = ("prices", "income_statement")
+    reports, lakes = [], []
+    for name, bucket_rows in (("one", 10_000_000), ("many", 2)):
+        monkeypatch.setattr(spill, "BUCKET_ROWS", bucket_rows)
+        lake = LocalLake(tmp_path / name)
+        async with fmp_server(faults=faults) as (url, _):
+            reports.append(await ingest(url, lake, symbols, datasets))
+        lakes.append(lake)
+    one, many = reports
+    for name in datasets:
+        a, b = (read_dataset(lake, DATASETS[name]) for lake in lakes)
+        assert a.height > 0
+        assert a.equals(b), name
+    assert [f.stored.path for f in one.files] == [f.stored.path for f in many.files]
+    assert [f.stored.sha256 for f in one.files] == [f.stored.sha256 for f in many.files]
+    assert one.gaps == many.gaps
+    assert one.gaps["prices"]["KO"]
+    assert [s.duplicates_dropped for s in one.summaries] == [
+        s.duplicates_dropped for s in many.summaries
+    ]
+
+
+def test_spill_buckets_follow_the_partition_dates_and_keep_batch_order(tmp_path: Path) -> None:
+    prices = DATASETS["prices"]
+    start = dt.date(2025, 1, 1)
+    store = spill.Spill(tmp_path, prices, start=start, symbols=spill.BUCKET_ROWS // 10)
+    assert store.days == 14  # 10 rows a symbol: about 14 calendar days
+    rows = [
+        {"symbol": symbol, "date": start + dt.timedelta(days=day), "close": float(batch)}
+        for batch, symbol in enumerate(("A", "B"))
+        for day in (0, 13, 14, 40)
+    ]
+    frame = pl.DataFrame(rows)
+    store.add(frame.filter(pl.col("symbol") == "A"))
+    store.add(frame.filter(pl.col("symbol") == "B"))
+    assert store.buckets() == [0, 1, 2]
+    assert store.read(1)["date"].to_list() == [start + dt.timedelta(days=14)] * 2
+    assert store.read(0)["symbol"].to_list() == ["A", "A", "B", "B"]  # batches in order
+    assert store.rows == 8
+    statements = spill.Spill(tmp_path / "s", DATASETS["income_statement"], start=start, symbols=1)
+    statements.add(frame)
+    assert statements.buckets() == [0]
+    assert statements.read(0).equals(frame)
