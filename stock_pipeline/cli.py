@@ -27,6 +27,7 @@ from stock_pipeline.config import (
     Settings,
     bundled_tickers,
     parse_datasets,
+    parse_shard,
     read_tickers,
 )
 from stock_pipeline.datasets import DEFAULT_DATASETS
@@ -37,7 +38,14 @@ from stock_pipeline.market_calendar import (
     last_completed_session,
     use_cache_dir,
 )
-from stock_pipeline.plan import Plan, last_landed_session, new_run_id, plan_run, resolve_range
+from stock_pipeline.plan import (
+    Plan,
+    last_landed_session,
+    new_run_id,
+    plan_run,
+    resolve_range,
+    shard_symbols,
+)
 from stock_pipeline.redaction import redact
 
 # `--help` and `--dry-run` answer without loading the HTTP client, the data frames or the local
@@ -108,8 +116,14 @@ def _print_plan(plan: Plan, settings: Settings) -> None:
         f"symbols: {len(plan.symbols)} ({', '.join(plan.symbols[:8])}"
         f"{', ...' if len(plan.symbols) > 8 else ''})\n"
         f"statements period: {plan.period}\n"
-        f"estimated time at {settings.rate_limit} requests/minute: "
-        f"{plan.estimated_minutes(settings.rate_limit):.1f} minutes\n"
+        + (
+            f"shard: {settings.shard[0]} of {settings.shard[1]} "
+            f"({settings.pace} of {settings.rate_limit} requests/minute)\n"
+            if settings.shard
+            else ""
+        )
+        + f"estimated time at {settings.pace} requests/minute: "
+        f"{plan.estimated_minutes(settings.pace):.1f} minutes\n"
         f"lake: {settings.lake}",
         highlight=False,
     )
@@ -220,7 +234,7 @@ async def _execute(plan: Plan, settings: Settings, lake: Lake, started: dt.datet
             session=session,
             base_url=settings.fmp_base_url,
             api_key=settings.api_key,
-            pacer=RequestPacer(settings.rate_limit),
+            pacer=RequestPacer(settings.pace),
             concurrency=concurrency,
             timeout=settings.timeout,
             retry=RetryPolicy(
@@ -231,6 +245,8 @@ async def _execute(plan: Plan, settings: Settings, lake: Lake, started: dt.datet
             "datasets": list(settings.datasets),
             "period": settings.period,
             "rate_limit": settings.rate_limit,
+            "pace": settings.pace,
+            "shard": list(settings.shard) if settings.shard else None,
             "concurrency": concurrency,
             "fmp_base_url": settings.fmp_base_url,
             "tickers_path": str(settings.tickers_path),
@@ -254,6 +270,9 @@ def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = 
     started = now or dt.datetime.now(dt.UTC)
     try:
         symbols = read_tickers(settings.tickers_path)
+        if settings.shard is not None:
+            # Catch-up reads every runner's manifests and looks at this runner's symbols only.
+            symbols = shard_symbols(symbols, *settings.shard)
         if settings.api_key is None and not dry_run:
             raise ConfigError(
                 "FMP_API_KEY is not set; export it or put it in a .env file "
@@ -431,6 +450,15 @@ def ingest(
             help="Encrypt S3 objects with this KMS key instead of AES256.",
         ),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            envvar="STOCK_PIPELINE_SHARD",
+            help="K/N: take shard K of N of the tickers (by a hash of the symbol) and pace at "
+            "1/N of --rate-limit, for N runners sharing one key.",
+        ),
+    ] = None,
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; send no request, write nothing.")
     ] = False,
@@ -446,6 +474,7 @@ def ingest(
     _load_dotenv()  # also here for callers that invoke `app` directly (tests, embedding)
     try:
         chosen = parse_datasets(datasets)
+        runner = parse_shard(shard) if shard is not None else None
     except ConfigError as error:
         raise _fail(error, ExitCode.USAGE, None) from None
     settings = _settings(
@@ -462,6 +491,7 @@ def ingest(
         api_key=os.environ.get("FMP_API_KEY") or None,
         kms_key_id=kms_key_id,
         retry_base_delay=_env_float("STOCK_PIPELINE_RETRY_BASE_DELAY", 1.0),
+        shard=runner,
     )
     code = _guarded(lambda: run_command(settings, dry_run=dry_run), settings.api_key)
     raise typer.Exit(int(code))

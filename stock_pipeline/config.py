@@ -26,6 +26,7 @@ __all__ = [
     "bundled_tickers",
     "default_concurrency",
     "parse_datasets",
+    "parse_shard",
     "read_tickers",
 ]
 
@@ -68,6 +69,8 @@ class Settings:
     retry_base_delay: float = 1.0
     sse: str = "AES256"
     kms_key_id: str | None = None
+    #: (K, N): this runner takes shard K of N (1-based) and paces at 1/N of `rate_limit`.
+    shard: tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.backfill_days is not None and self.backfill_days < 1:
@@ -82,6 +85,15 @@ class Settings:
             raise ConfigError("--concurrency must be at least 1")
         if self.period not in PERIODS:
             raise ConfigError(f"--period must be one of {', '.join(PERIODS)}")
+        if self.shard is not None:
+            index, count = self.shard
+            if not 1 <= index <= count:
+                raise ConfigError(f"--shard {index}/{count}: K must be from 1 to N")
+            if count > self.rate_limit:
+                raise ConfigError(
+                    f"--shard {index}/{count}: {count} runners cannot share {self.rate_limit} "
+                    "requests per minute"
+                )
         _check_url(self.fmp_base_url)
         unknown = [d for d in self.datasets if d not in DATASETS]
         if unknown or not self.datasets:
@@ -91,8 +103,21 @@ class Settings:
             )
 
     @property
+    def pace(self) -> int:
+        """Requests per minute this runner sends: its share of the key's limit."""
+        return self.rate_limit // self.shard[1] if self.shard else self.rate_limit
+
+    @property
     def effective_concurrency(self) -> int:
-        return self.concurrency or default_concurrency(self.rate_limit)
+        return self.concurrency or default_concurrency(self.pace)
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """`K/N` (runner K of N, 1-based) as (K, N)."""
+    match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
+    if match is None or int(match[2]) < 1:
+        raise ConfigError(f"--shard {text!r}: write it K/N, e.g. 2/4 for the second of 4 runners")
+    return int(match[1]), int(match[2])
 
 
 def default_concurrency(rate_limit: int) -> int:

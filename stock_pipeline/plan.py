@@ -7,6 +7,7 @@ data frames, and the catch-up reads only the run manifests.
 from __future__ import annotations
 
 import datetime as dt
+import hashlib
 import math
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
@@ -25,6 +26,7 @@ __all__ = [
     "new_run_id",
     "plan_run",
     "resolve_range",
+    "shard_symbols",
 ]
 
 #: Price windows ask for at most this share of FMP's cap, so a full answer is never taken for a capped one.
@@ -149,6 +151,18 @@ def _statement_limit(period: str, start: dt.date, today: dt.date) -> int:
     days = (today - start).days + 1
     wanted = math.ceil(days / 91) + 4 if period == "quarter" else math.ceil(days / 365) + 2
     return min(1000, max(5, wanted))
+
+
+def shard_symbols(symbols: Sequence[str], index: int, count: int) -> tuple[str, ...]:
+    """The symbols runner `index` of `count` (1-based) takes: each symbol by a hash of its name,
+    so every runner agrees without talking, no symbol is taken twice or left out, and adding a
+    ticker never moves the others."""
+    return tuple(s for s in symbols if _shard_of(s, count) == index - 1)
+
+
+def _shard_of(symbol: str, count: int) -> int:
+    digest = hashlib.sha256(symbol.encode()).digest()
+    return int.from_bytes(digest[:8], "big") % count
 
 
 def plan_run(

@@ -14,10 +14,11 @@ import pytest
 from typer.testing import CliRunner
 
 from stock_pipeline.cli import app
-from stock_pipeline.config import read_tickers
+from stock_pipeline.config import bundled_tickers, read_tickers
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.errors import ExitCode
 from stock_pipeline.lake import LocalLake, read_dataset, read_manifests
+from stock_pipeline.plan import shard_symbols
 from stock_pipeline.simulator import Fault, Refusal, SimulatorConfig, SimulatorThread
 from tests.support import API_KEY, all_text_under, assert_no_secret, files_under
 
@@ -499,3 +500,62 @@ def test_dotenv_sets_option_defaults_too(tmp_path: Path) -> None:
     assert done.returncode == 0, done.stderr
     assert "750 requests/minute" in done.stdout
     assert "dotenv-lake" in done.stdout
+
+
+def test_shards_split_the_universe_with_no_symbol_twice_or_missing() -> None:
+    with bundled_tickers() as dow:
+        universe = read_tickers(dow) + tuple(f"S{i:04d}" for i in range(2000))
+    for count in (1, 2, 3, 4, 7, 16):
+        shards = [shard_symbols(universe, k, count) for k in range(1, count + 1)]
+        assert sorted(s for shard in shards for s in shard) == sorted(universe), count
+        sizes = [len(shard) for shard in shards]
+        assert max(sizes) - min(sizes) < 0.5 * len(universe) / count, (count, sizes)
+    # A new ticker joins one shard; none of the others moves.
+    before = [set(shard_symbols(universe, k, 4)) for k in range(1, 5)]
+    after = [set(shard_symbols((*universe, "NEWCO"), k, 4)) for k in range(1, 5)]
+    assert [len(b - a) for a, b in zip(after, before, strict=True)] == [0, 0, 0, 0]
+    assert sum(len(a - b) for a, b in zip(after, before, strict=True)) == 1
+
+
+def test_sharded_runners_pace_at_their_share_and_catch_up_on_their_own(tmp_path: Path) -> None:
+    symbols = ("AAPL", "MSFT", "KO", "JPM", "IBM", "WMT", "XOM", "CVX")
+    tickers = write_tickers(tmp_path / "t.csv", *symbols)
+    lake_path = tmp_path / "lake"
+    env = {"FMP_API_KEY": API_KEY}
+
+    def run(shard: str, *dates: str) -> tuple[int, str, list[dict[str, str]]]:
+        with SimulatorThread(SimulatorConfig(api_key=API_KEY)) as sim:
+            code, output = invoke(
+                "ingest", "--fmp-base-url", sim.url, "--lake", str(lake_path),
+                "--tickers-path", str(tickers), "--datasets", "prices", "--rate-limit", "6000",
+                "--shard", shard, *dates, env=env,
+            )  # fmt: skip
+            return code, output, [r.params for r in sim.simulator.requests]
+
+    first = ("--start", "2025-03-03", "--end", "2025-03-07")
+    for shard in ("1/2", "2/2"):
+        code, output, _ = run(shard, *first)
+        assert code == ExitCode.OK, output
+    lake = LocalLake(lake_path)
+    manifests = sorted(read_manifests(lake), key=lambda m: m["parameters"]["shard"])
+    assert [m["parameters"]["shard"] for m in manifests] == [[1, 2], [2, 2]]
+    assert {m["parameters"]["pace"] for m in manifests} == {3000}
+    one, two = (set(m["symbols"]) for m in manifests)
+    assert one | two == set(symbols)
+    assert one & two == set()
+    assert set(read_dataset(lake, DATASETS["prices"])["symbol"]) == set(symbols)
+    # Runner 2 misses the next night; runner 1 catches up alone, then runner 2 by itself.
+    code, output, sent = run("1/2", "--end", "2025-03-14")
+    assert code == ExitCode.OK, output
+    assert {p["symbol"] for p in sent} == one
+    assert {p["from"] for p in sent} == {"2025-03-10"}
+    code, output, sent = run("2/2", "--end", "2025-03-14")
+    assert code == ExitCode.OK, output
+    assert {p["symbol"] for p in sent} == two
+    assert {p["from"] for p in sent} == {"2025-03-10"}
+    code, output, sent = run("1/2", "--end", "2025-03-14")
+    assert code == ExitCode.OK, output
+    assert sent == []
+    assert "already holds every session" in output
+    prices = read_dataset(lake, DATASETS["prices"])
+    assert prices.height == len(symbols) * 10  # both weeks, every symbol, no session twice

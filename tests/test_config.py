@@ -9,7 +9,7 @@ from typing import Any
 
 import pytest
 
-from stock_pipeline.config import Settings, parse_datasets, read_tickers
+from stock_pipeline.config import Settings, parse_datasets, parse_shard, read_tickers
 from stock_pipeline.datasets import DATASETS, DEFAULT_DATASETS
 from stock_pipeline.errors import ConfigError, ExitCode
 
@@ -181,3 +181,23 @@ def test_parse_datasets_keeps_registry_order_and_drops_repeats() -> None:
 def test_parse_datasets_rejects_unknown_names(text: str, message: str) -> None:
     with pytest.raises(ConfigError, match=message):
         parse_datasets(text)
+
+
+@pytest.mark.parametrize(("text", "expected"), [("2/4", (2, 4)), (" 1 / 1 ", (1, 1))])
+def test_a_shard_is_k_of_n(text: str, expected: tuple[int, int]) -> None:
+    assert parse_shard(text) == expected
+
+
+@pytest.mark.parametrize("text", ["2", "two/4", "2/0", "2-4", ""])
+def test_a_malformed_shard_says_how_to_write_it(text: str) -> None:
+    with pytest.raises(ConfigError, match="K/N"):
+        parse_shard(text)
+
+
+def test_a_shard_paces_at_its_share_of_the_limit() -> None:
+    assert Settings(shard=(3, 4), rate_limit=750).pace == 187
+    assert Settings(rate_limit=750).pace == 750
+    with pytest.raises(ConfigError, match="K must be from 1 to N"):
+        Settings(shard=(5, 4))
+    with pytest.raises(ConfigError, match="cannot share"):
+        Settings(shard=(1, 400), rate_limit=300)

@@ -70,3 +70,14 @@ def test_ci_the_nightly_and_the_upstream_job_install_from_the_lock_with_one_uv()
     ]
     assert [len(_uv_versions(t)) for t in texts] == [1, 1, 1]
     assert len(set().union(*(_uv_versions(t) for t in texts))) == 1
+
+
+def test_the_nightly_matrix_gives_each_runner_its_shard() -> None:
+    import yaml
+
+    nightly = yaml.safe_load((REPO / ".github" / "workflows" / "nightly-ingest.yml").read_text())
+    job = nightly["jobs"]["ingest"]
+    assert job["strategy"]["matrix"]["shard"] == [1]
+    assert job["strategy"]["fail-fast"] is False  # one runner failing leaves the others running
+    [step] = [s for s in job["steps"] if s.get("name") == "ingest"]
+    assert step["env"]["STOCK_PIPELINE_SHARD"] == "${{ matrix.shard }}/${{ strategy.job-total }}"
