@@ -209,6 +209,17 @@ class RequestStats:
     failed: int = 0
 
 
+def _plain_array(text: str) -> bool:
+    """A data answer with nothing the error rules look for, closed (not cut off)."""
+    stripped = text.strip()
+    return (
+        stripped.startswith("[")
+        and stripped.endswith("]")
+        and "Limit Reach" not in text
+        and "Invalid API KEY" not in text
+    )
+
+
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("Retry-After")
     if value is None:
@@ -247,6 +258,24 @@ class FmpClient:
         query = urlencode({**params, "apikey": REDACTED}, safe="*")
         return f"{self.base_url}/stable/{endpoint}?{query}"
 
+    async def fetch_array(
+        self,
+        endpoint: str,
+        params: Mapping[str, str],
+        *,
+        dataset: str,
+        symbol: str | None = None,
+        gate: Callable[[], asyncio.Future[Any] | None] | None = None,
+    ) -> bytes:
+        """Like `fetch_records`, but a data answer comes back as the JSON array's bytes, unparsed
+        (the caller parses it off the event loop); an answer that is not a plain array, or that
+        ends before its closing bracket (cut off), is judged as `fetch_records` judges it."""
+        answer = await self._fetch_with_retries(
+            endpoint, params, dataset=dataset, symbol=symbol, urgent=False, gate=gate, raw=True
+        )
+        assert isinstance(answer, bytes)
+        return answer
+
     async def fetch_records(
         self,
         endpoint: str,
@@ -264,6 +293,23 @@ class FmpClient:
         future the request must wait for before it is sent (or None): the caller holds requests
         there, without them holding a slot.
         """
+        answer = await self._fetch_with_retries(
+            endpoint, params, dataset=dataset, symbol=symbol, urgent=urgent, gate=gate, raw=False
+        )
+        assert isinstance(answer, list)
+        return answer
+
+    async def _fetch_with_retries(
+        self,
+        endpoint: str,
+        params: Mapping[str, str],
+        *,
+        dataset: str,
+        symbol: str | None,
+        urgent: bool,
+        gate: Callable[[], asyncio.Future[Any] | None] | None,
+        raw: bool,
+    ) -> list[dict[str, Any]] | bytes:
         stats = self.stats.setdefault(dataset, RequestStats())
         attempt = 0
         while True:
@@ -275,7 +321,7 @@ class FmpClient:
                         raise self._refused
                     stats.requests += 1
                     try:
-                        return await self._fetch_once(endpoint, params, dataset, symbol)
+                        return await self._fetch_once(endpoint, params, dataset, symbol, raw)
                     except FmpAuthError as refused:
                         # Before the slot is released, so no queued request goes out after it.
                         self._refused = refused
@@ -314,8 +360,13 @@ class FmpClient:
                     return
 
     async def _fetch_once(
-        self, endpoint: str, params: Mapping[str, str], dataset: str, symbol: str | None
-    ) -> list[dict[str, Any]]:
+        self,
+        endpoint: str,
+        params: Mapping[str, str],
+        dataset: str,
+        symbol: str | None,
+        raw: bool = False,
+    ) -> list[dict[str, Any]] | bytes:
         url = self.display_url(endpoint, params)
         where: dict[str, Any] = {"url": url, "dataset": dataset, "symbol": symbol}
         try:
@@ -336,6 +387,8 @@ class FmpClient:
             detail = redact(f"{type(error).__name__}: {error}", self.api_key)
             raise FmpTransportError(f"connection to FMP failed: {detail}", **where) from None
         text = body.decode("utf-8", errors="replace")
+        if raw and status == 200 and _plain_array(text):
+            return body
         return self._interpret(status, headers, text, params, where)
 
     def _interpret(

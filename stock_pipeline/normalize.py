@@ -8,6 +8,7 @@ counted.
 from __future__ import annotations
 
 import datetime as dt
+import io
 import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
@@ -27,7 +28,14 @@ from stock_pipeline.datasets import (
     Dataset,
 )
 
-__all__ = ["NormalizeContext", "Normalized", "empty_frame", "normalize_records"]
+__all__ = [
+    "NormalizeContext",
+    "Normalized",
+    "empty_frame",
+    "normalize_frame",
+    "normalize_records",
+    "parse_array",
+]
 
 _NULL_STRINGS = frozenset({"", "null", "None", "NaN", "nan"})
 _ROW = "__row"
@@ -263,3 +271,110 @@ def normalize_records(
 
 def _lineage(dataset: Dataset) -> tuple[Column, ...]:
     return tuple(c for c in dataset.file_columns if c.name.startswith("_"))
+
+
+def parse_array(body: bytes) -> pl.DataFrame | None:
+    """A JSON array of records as a frame, one column per field (polars' reader, no Python
+    object per value); None when the reader cannot take it (the records path judges it)."""
+    if body.strip() == b"[]":
+        return pl.DataFrame()
+    try:
+        return pl.read_json(io.BytesIO(body), infer_schema_length=None)
+    except Exception:  # any shape polars will not read: the exact, slower path decides
+        return None
+
+
+_PLAIN_TYPES: Mapping[ColumnType, tuple[type[pl.DataType], ...]] = {
+    # FMP sends some numbers as text (`fiscalYear`, `fullTimeEmployees`): read as the exact
+    # path reads them.
+    ColumnType.FLOAT: (pl.Float64, pl.Int64, pl.String, pl.Null),
+    ColumnType.INT: (pl.Int64, pl.Float64, pl.String, pl.Null),
+    ColumnType.STRING: (pl.String, pl.Null),
+    ColumnType.DATE: (pl.String, pl.Null),
+    ColumnType.TIMESTAMP: (pl.String, pl.Null),
+    ColumnType.BOOL: (pl.Boolean, pl.Null),
+}
+
+
+def normalize_frame(
+    dataset: Dataset, frame: pl.DataFrame, ctx: NormalizeContext
+) -> Normalized | None:
+    """`normalize_records` for the common answer, column at a time: every field one the registry
+    names (no legacy name, nothing extra), of its plain JSON type, and every row clean, unique
+    and alone on its key. Anything else returns None, and `normalize_records` on the parsed
+    records decides it, so both give the same rows for the same answer."""
+    columns = {c.source: c for c in dataset.columns if c.source}
+    if not set(frame.columns) <= set(columns):
+        return None
+    for name in frame.columns:
+        if not isinstance(frame.schema[name], _PLAIN_TYPES[columns[name].type]):
+            return None
+    typed: list[pl.Expr] = []
+    sent: dict[str, pl.Expr] = {}
+    for column in dataset.columns:
+        if column.source not in frame.columns or frame.schema[column.source] == pl.Null:
+            typed.append(pl.lit(None, dtype=column.type.polars).alias(column.name))
+            continue
+        value = pl.col(column.source)
+        kind = column.type
+        nulls = sorted(_NULL_STRINGS | set(column.null_values))
+        if kind in (ColumnType.FLOAT, ColumnType.INT):
+            if frame.schema[column.source] == pl.String:
+                value = value.str.strip_chars()
+                value = pl.when(value.is_in(nulls)).then(None).otherwise(value)
+            number = value.cast(pl.Float64, strict=False)
+            # Unreadable or infinite: quarantined by the exact path.
+            sent[column.name] = value.is_not_null() & (number.is_null() | number.is_infinite())
+            if kind is ColumnType.INT:
+                number = number.round(0).cast(pl.Int64, strict=False)
+            typed.append(number.alias(column.name))
+            continue
+        if kind is ColumnType.BOOL:
+            typed.append(value.alias(column.name))
+            continue
+        text = value.str.strip_chars()
+        text = pl.when(text.is_in(nulls)).then(None).otherwise(text)
+        if kind is ColumnType.STRING:
+            typed.append(text.alias(column.name))
+            continue
+        if kind is ColumnType.DATE:
+            parsed = text.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+        else:
+            zone = "America/New_York" if column.new_york_time else "UTC"
+            parsed = (
+                text.str.to_datetime(_TIMESTAMP_FORMAT, strict=False, time_unit="us")
+                .dt.replace_time_zone(zone, ambiguous="earliest", non_existent="null")
+                .dt.convert_time_zone("UTC")
+            )
+        sent[column.name] = text.is_not_null() & parsed.is_null()  # unreadable: the slow path
+        typed.append(parsed.alias(column.name))
+    checked = frame.select(
+        *typed,
+        pl.any_horizontal(list(sent.values()) or [pl.lit(False)]).alias("__unplain"),
+    )
+    if checked.height and checked["__unplain"].any():
+        return None
+    rows = checked.drop("__unplain").with_columns(pl.lit(None, dtype=pl.String).alias(EXTRA_COLUMN))
+    if (_reasons(dataset, rows, {}, ctx) != "").any():
+        return None
+    content = [c.name for c in dataset.columns]
+    if (
+        rows.select(content).is_duplicated().any()
+        or rows.select(list(dataset.key)).is_duplicated().any()
+    ):
+        return None
+    out_schema: dict[str, Any] = {
+        c.name: c.type.polars for c in (*dataset.columns, *_lineage(dataset))
+    }
+    sort_by = [k for k in ("symbol", "date", "period") if k in dataset.key]
+    rows = (
+        rows.with_columns(
+            pl.lit(ctx.run_id, dtype=pl.String).alias(RUN_ID_COLUMN),
+            pl.lit(ctx.ingested_at).cast(pl.Datetime("us", "UTC")).alias(INGESTED_AT_COLUMN),
+        )
+        .select(list(out_schema))
+        .sort(sort_by)
+    )
+    return Normalized(
+        rows.cast(pl.Schema(out_schema)), empty_frame(QUARANTINE_COLUMNS), duplicates_dropped=0
+    )

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 import datetime as dt
+import json
 import logging
 import tempfile
 import time
@@ -28,6 +29,7 @@ from stock_pipeline.errors import (
     FmpAuthError,
     FmpError,
     FmpPlanError,
+    FmpResponseError,
     FmpTransportError,
     FmpUnreachableError,
     LakeError,
@@ -44,7 +46,13 @@ from stock_pipeline.lake import (
     to_arrow,
     write_manifest,
 )
-from stock_pipeline.normalize import NormalizeContext, Normalized, normalize_records
+from stock_pipeline.normalize import (
+    NormalizeContext,
+    Normalized,
+    normalize_frame,
+    normalize_records,
+    parse_array,
+)
 from stock_pipeline.plan import Plan, Request
 from stock_pipeline.spill import Spill
 
@@ -189,6 +197,50 @@ class RunReport:
         }
 
 
+@dataclass(frozen=True, slots=True)
+class _Answer:
+    """One answer's rows: parsed into columns by polars when it could, else as records."""
+
+    symbol: str
+    body: bytes
+    frame: pl.DataFrame | None
+    records: list[dict[str, Any]] | None
+
+    @property
+    def height(self) -> int:
+        return self.frame.height if self.frame is not None else len(self.records or ())
+
+    def as_records(self) -> list[dict[str, Any]]:
+        """The answer as records (the exact path), the requested symbol where FMP left it out."""
+        records = self.records if self.records is not None else json.loads(self.body)
+        for record in records:
+            if record.get("symbol") in (None, ""):
+                record["symbol"] = self.symbol
+        return records
+
+    def as_frame(self) -> pl.DataFrame | None:
+        frame = self.frame
+        if frame is None or not frame.width:
+            return frame
+        if "symbol" not in frame.columns:
+            return frame.with_columns(pl.lit(self.symbol, dtype=pl.String).alias("symbol"))
+        if frame.schema["symbol"] != pl.String:
+            return None
+        return frame.with_columns(
+            pl.when(pl.col("symbol").is_null() | (pl.col("symbol") == ""))
+            .then(pl.lit(self.symbol))
+            .otherwise(pl.col("symbol"))
+            .alias("symbol")
+        )
+
+
+def _read_answer(symbol: str, body: bytes) -> _Answer:
+    """Parse an answer off the event loop: columns by polars, or records when it cannot."""
+    frame = parse_array(body)
+    records = None if frame is not None else json.loads(body)
+    return _Answer(symbol, body, frame, records)
+
+
 def _shape(request: Request) -> tuple[tuple[str, str], ...]:
     """A request's parameters but the symbol: what its symbol's neighbours send alike."""
     return tuple((name, value) for name, value in request.params if name != "symbol")
@@ -199,7 +251,8 @@ class _DatasetState:
     dataset: Dataset
     started: float
     spill: Spill
-    pending: list[dict[str, Any]] = field(default_factory=list)
+    pending: list[_Answer] = field(default_factory=list)
+    pending_rows: int = 0
     quarantined: list[pl.DataFrame] = field(default_factory=list)
     duplicates: int = 0
     ok_symbols: set[str] = field(default_factory=set)
@@ -308,24 +361,30 @@ class _Run:
         if symbol is not None:
             state.failed_symbols.add(symbol)
 
-    async def _fetch(self, request: Request, window: tuple[dt.date, ...]) -> list[dict[str, Any]]:
-        """One request's records; a price answer at FMP's cap is split in two and fetched again."""
+    async def _fetch(self, request: Request, window: tuple[dt.date, ...]) -> list[_Answer]:
+        """One request's answers; a price answer at FMP's cap is split in two and fetched again."""
         params = dict(request.params)
         if window:
             params["from"], params["to"] = str(window[0]), str(window[-1])
         state = self.states[request.dataset]
         dataset = state.dataset
-        records = await self.client.fetch_records(
+        body = await self.client.fetch_array(
             dataset.endpoint,
             params,
             dataset=dataset.name,
             symbol=request.symbol,
             gate=lambda: state.hold(request),
         )
-        if window and len(records) >= self.max_price_rows:
+        try:
+            answer = await asyncio.to_thread(_read_answer, request.symbol, body)
+        except json.JSONDecodeError:
+            raise FmpResponseError(
+                "FMP sent a body that is not JSON", dataset=dataset.name, symbol=request.symbol
+            ) from None
+        if window and answer.height >= self.max_price_rows:
             if len(window) < 2:
                 raise FmpError(
-                    f"FMP capped a one-session answer at {len(records)} rows",
+                    f"FMP capped a one-session answer at {answer.height} rows",
                     dataset=dataset.name,
                     symbol=request.symbol,
                 )
@@ -343,7 +402,7 @@ class _Run:
             finally:
                 self.requests_done += 2
             return halves[0].result() + halves[1].result()
-        return records
+        return [answer]
 
     async def _settle(
         self, state: _DatasetState, request: Request, error: FmpPlanError
@@ -394,9 +453,7 @@ class _Run:
         log.info("%s: a refusal is the symbol's (%s)", dataset.name, rule)
         return rule
 
-    async def _fetch_or_refusal(
-        self, state: _DatasetState, request: Request
-    ) -> list[dict[str, Any]]:
+    async def _fetch_or_refusal(self, state: _DatasetState, request: Request) -> list[_Answer]:
         """`_fetch`, with a plan refusal's scope decided before it is raised."""
         try:
             return await self._fetch(request, request.window)
@@ -417,7 +474,7 @@ class _Run:
             # they are normalized, whatever the number of requests.
             await self.work.acquire()
             ticket = True
-            records = await self._fetch_or_refusal(state, request)
+            answers = await self._fetch_or_refusal(state, request)
             # Answered: from here on a refusal elsewhere must not cancel this task, whose rows
             # are on their way into a batch.
             state.answered.add(asyncio.current_task())  # type: ignore[arg-type]
@@ -449,16 +506,14 @@ class _Run:
             self._fail(state, request.symbol, error)
         else:
             self._transport_failures = 0
-            for record in records:
-                # Some endpoints omit the symbol on their rows; the request says which it was.
-                if record.get("symbol") in (None, ""):
-                    record["symbol"] = request.symbol
-            state.pending.extend(records)
+            rows = sum(answer.height for answer in answers)
+            state.pending.extend(answers)
+            state.pending_rows += rows
             state.ok_symbols.add(request.symbol)
-            if records:
+            if rows:
                 state.symbols_with_rows.add(request.symbol)
-            self.rows_fetched += len(records)
-            if len(state.pending) >= NORMALIZE_BATCH_ROWS:
+            self.rows_fetched += rows
+            if state.pending_rows >= NORMALIZE_BATCH_ROWS:
                 await self._flush(state)
         finally:
             if ticket:
@@ -467,12 +522,12 @@ class _Run:
             self._tick()
 
     async def _flush(self, state: _DatasetState) -> None:
-        batch, state.pending = state.pending, []
+        batch, state.pending, state.pending_rows = state.pending, [], 0
         if not batch:
             return
 
         def normalize_and_spill() -> Normalized:
-            normalized = normalize_records(state.dataset, batch, self.context)
+            normalized = _normalize_answers(state.dataset, batch, self.context)
             state.spill.add(normalized.rows)
             return normalized
 
@@ -480,7 +535,7 @@ class _Run:
             normalized = await asyncio.to_thread(normalize_and_spill)
         except Exception as error:  # nothing of this batch may land half-checked
             log.exception("could not normalize a batch of %s", state.dataset.name)
-            for symbol in sorted({str(r.get("symbol")) for r in batch}):
+            for symbol in sorted({answer.symbol for answer in batch}):
                 self._fail(state, symbol, error)
             return
         if normalized.quarantine.height:
@@ -495,14 +550,15 @@ class _Run:
         info = DATASETS[dataset]
         quarantine = kind == "quarantine"
         path = partition_path(info, value, self.plan.run_id, quarantine=quarantine)
+        def encode_and_store() -> StoredFile:
+            body = encode_quarantine(data) if quarantine else encode_parquet(data)
+            return self.lake.write_file(path, body)
+
         async with self.writes:
             try:
-                # Encoding inside the semaphore keeps at most a few Arrow copies alive at once.
-                if quarantine:
-                    body = await asyncio.to_thread(encode_quarantine, data)
-                else:
-                    body = await asyncio.to_thread(encode_parquet, data)
-                stored = await asyncio.to_thread(self.lake.write_file, path, body)
+                # Encoding inside the semaphore keeps at most a few Arrow copies alive at once;
+                # one trip to a worker thread per file.
+                stored = await asyncio.to_thread(encode_and_store)
             except LakeError as error:
                 self.failures.append(Failure(dataset, None, "LakeWriteError", str(error)))
                 return
@@ -607,6 +663,26 @@ class _Run:
         results = [t.result() for t in tasks]
         gaps = {name: g for name, (_, g) in zip(self.plan.datasets, results, strict=True) if g}
         return [s for s, _ in results], gaps
+
+
+def _normalize_answers(
+    dataset: Dataset, answers: Sequence[_Answer], ctx: NormalizeContext
+) -> Normalized:
+    """A batch of answers, column at a time when every answer is plain (see
+    `normalize_frame`), else record by record: the same rows either way."""
+    frames = [answer.as_frame() for answer in answers]
+    if all(frame is not None for frame in frames):
+        present = [f for f in frames if f is not None and f.width]
+        try:
+            combined = pl.concat(present, how="diagonal_relaxed") if present else None
+        except pl.exceptions.PolarsError:
+            combined = None
+        if combined is not None:
+            fast = normalize_frame(dataset, combined, ctx)
+            if fast is not None:
+                return fast
+    records = [record for answer in answers for record in answer.as_records()]
+    return normalize_records(dataset, records, ctx)
 
 
 def _missing(
