@@ -550,6 +550,7 @@ class _Run:
         info = DATASETS[dataset]
         quarantine = kind == "quarantine"
         path = partition_path(info, value, self.plan.run_id, quarantine=quarantine)
+
         def encode_and_store() -> StoredFile:
             body = encode_quarantine(data) if quarantine else encode_parquet(data)
             return self.lake.write_file(path, body)

@@ -1,0 +1,30 @@
+"""The benchmarks still run: a small smoke version of each, so a change that breaks one is seen
+in CI, not the next time someone measures. The figures are the benchmarks' business, not these
+tests'."""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+from tests.support import REPO
+
+
+def test_the_backfill_benchmark_runs_side_by_side_with_its_floor(tmp_path: Path) -> None:
+    output = tmp_path / "figures.json"
+    subprocess.run(
+        [
+            sys.executable, str(REPO / "benchmarks" / "backfill.py"),
+            "--tickers", "3", "--sessions", "5", "--datasets", "prices,profile",
+            "--floor", "--output", str(output),
+        ],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    figures = json.loads(output.read_text())
+    assert figures["requests"] == 6
+    assert figures["floor"]["requests"] == 6  # the floor sends what the ingest sends
+    assert figures["rows"] == 3 * 5 + 3
+    assert figures["rate_limited_responses"] == 0
+    assert figures["wall_to_floor"] > 0
