@@ -271,6 +271,35 @@ async def test_transient_faults_are_retried_until_success(
     )
 
 
+@pytest.mark.parametrize(
+    ("kind", "times", "statuses"),
+    [
+        pytest.param("server_error", 2, {503: 2, 200: 1}, id="server-error"),
+        pytest.param("truncated", 1, {200: 2}, id="truncated"),
+    ],
+)
+async def test_an_array_fetched_as_bytes_is_judged_and_retried_the_same(
+    fmp_server: SimulatorFactory, kind: FaultKind, times: int, statuses: dict[int, int]
+) -> None:
+    faults = {"AAPL": (Fault(kind=kind, times=times),)}
+    async with (
+        fmp_server(faults=faults) as (url, simulator),
+        open_client(url, attempts=3) as client,
+    ):
+        body = await client.fetch_array(PROFILE, {"symbol": "AAPL"}, dataset="profile")
+    assert [record["symbol"] for record in json.loads(body)] == ["AAPL"]
+    assert simulator.status_counts() == statuses
+
+
+async def test_an_error_in_a_200_is_an_error_when_fetched_as_bytes(
+    fmp_server: SimulatorFactory,
+) -> None:
+    faults = {"AAPL": (Fault(kind="error_in_200"),)}
+    async with fmp_server(faults=faults) as (url, _), open_client(url) as client:
+        with pytest.raises(FmpResponseError):
+            await client.fetch_array(PROFILE, {"symbol": "AAPL"}, dataset="profile")
+
+
 async def test_dropped_connections_are_retried_until_success(fmp_server: SimulatorFactory) -> None:
     # aiohttp itself resends an idempotent request once when the server hangs up without an
     # answer, so two drops in a row are what reach the client's own retry.
