@@ -30,7 +30,7 @@ from stock_pipeline.config import (
     parse_shard,
     read_tickers,
 )
-from stock_pipeline.datasets import DEFAULT_DATASETS
+from stock_pipeline.datasets import DATASETS, DEFAULT_DATASETS
 from stock_pipeline.errors import ConfigError, ExitCode, FmpAuthError, StockPipelineError
 from stock_pipeline.lake import Lake, open_lake, read_manifests
 from stock_pipeline.market_calendar import (
@@ -150,7 +150,8 @@ def _print_summary(report: RunReport) -> None:
         )  # fmt: skip
     out.print(table)
     for s in report.summaries:
-        if s.symbols_without_data:
+        # Most companies never split: no events is the usual answer, not a warning.
+        if s.symbols_without_data and DATASETS[s.dataset].kind != "events":
             names = ", ".join(s.symbols_without_data[:10])
             more = len(s.symbols_without_data) - 10
             out.print(

@@ -559,3 +559,17 @@ def test_sharded_runners_pace_at_their_share_and_catch_up_on_their_own(tmp_path:
     assert "already holds every session" in output
     prices = read_dataset(lake, DATASETS["prices"])
     assert prices.height == len(symbols) * 10  # both weeks, every symbol, no session twice
+
+
+def test_companies_without_splits_are_not_warned_about(tmp_path: Path) -> None:
+    # Most companies never split; a price dataset without rows for a symbol still is news.
+    tickers = write_tickers(tmp_path / "t.csv", "AAPL", "MSFT", "KO", "JPM", "IBM")
+    with SimulatorThread(SimulatorConfig(api_key=API_KEY)) as sim:
+        code, output = invoke(
+            *ingest_args(sim.url, tmp_path / "lake", tickers, "--datasets", "prices,splits"),
+            env={"FMP_API_KEY": API_KEY},
+        )
+    assert code == ExitCode.OK, output
+    [manifest] = read_manifests(LocalLake(tmp_path / "lake"))
+    assert manifest["summary"]["splits"]["symbols_without_data"]  # recorded all the same
+    assert "had no data" not in output
