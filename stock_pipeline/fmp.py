@@ -209,14 +209,19 @@ class RequestStats:
     failed: int = 0
 
 
+#: Wordings that mean the rate limit or a refused key under any status, even inside an array.
+_LIMIT_REACHED = "Limit Reach"
+_KEY_REFUSED = "Invalid API KEY"
+
+
 def _plain_array(text: str) -> bool:
     """A data answer with nothing the error rules look for, closed (not cut off)."""
     stripped = text.strip()
     return (
         stripped.startswith("[")
         and stripped.endswith("]")
-        and "Limit Reach" not in text
-        and "Invalid API KEY" not in text
+        and _LIMIT_REACHED not in text
+        and _KEY_REFUSED not in text
     )
 
 
@@ -403,14 +408,14 @@ class FmpClient:
             # Redact before cutting: a cut inside the key would let its first characters through.
             return redact(" ".join(text.split()), self.api_key)[:200]
 
-        if "Limit Reach" in text:
+        if _LIMIT_REACHED in text:
             raise FmpRateLimitError(
                 "FMP rate or quota limit reached",
                 status=status,
                 retry_after=_retry_after(headers),
                 **where,
             )
-        if status == 401 or "Invalid API KEY" in text:
+        if status == 401 or _KEY_REFUSED in text:
             raise FmpAuthError("FMP refused the API key; check FMP_API_KEY", status=status, **where)
         # Error wording counts under any status but never inside a data answer (a JSON array).
         data = text.lstrip().startswith("[")

@@ -22,7 +22,6 @@ import io
 import json
 import os
 import uuid
-from collections.abc import Iterator
 from dataclasses import dataclass
 from functools import cache
 from pathlib import Path
@@ -359,15 +358,6 @@ def partition_slices(
         slices.append((value, offset, length))
         offset += length
     return ordered, slices
-
-
-def split_partitions(
-    dataset: Dataset, frame: pl.DataFrame, ingest_date: dt.date
-) -> Iterator[tuple[dt.date, pl.DataFrame]]:
-    """One slice of `frame` per partition value, sorted by symbol (slices share its memory)."""
-    ordered, slices = partition_slices(dataset, frame, ingest_date)
-    for value, offset, length in slices:
-        yield value, ordered.slice(offset, length)
 
 
 def encode_partition(dataset: Dataset, frame: pl.DataFrame) -> bytes:

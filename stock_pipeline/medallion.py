@@ -301,9 +301,7 @@ def versions_merge_sql(dataset: Dataset, source: str, target: str) -> str:
     )
     newest_figures = [f"_newest_{f}" for f in dataset.figures]
     newest_columns = ", ".join(f"{f} AS _newest_{f}" for f in dataset.figures)
-    own_day = (
-        f"COALESCE(CAST(from_utc_timestamp(accepted_date, '{NEW_YORK}') AS DATE), filing_date)"
-    )
+    own_day = _public_on()
     inserted = [*columns, FILED_BEFORE, LAST_SEEN_AT, FILED_UNTIL]
     return f"""MERGE INTO {target} AS t
 USING (
@@ -682,11 +680,12 @@ def _new_york_day(timestamp: str) -> str:
     return f"CAST(from_utc_timestamp({timestamp}, '{NEW_YORK}') AS DATE)"
 
 
-def _public_on(alias: str) -> str:
+def _public_on(alias: str | None = None) -> str:
     """The New York day a statement became public: its SEC acceptance or, without one (FMP
     leaves it out now and then), its filing date. NULL with neither (which the registry's checks
     keep out of Silver, but a table may hold rows from before that check)."""
-    return f"COALESCE({_new_york_day(f'{alias}.accepted_date')}, {alias}.filing_date)"
+    of = f"{alias}." if alias else ""
+    return f"COALESCE({_new_york_day(f'{of}accepted_date')}, {of}filing_date)"
 
 
 def _split_steps(tables: Tables) -> str:

@@ -68,13 +68,31 @@ def empty_frame(columns: Sequence[Column]) -> pl.DataFrame:
     return pl.DataFrame(schema={c.name: c.type.polars for c in columns})
 
 
+def _cleaned(text: pl.Expr, column: Column) -> pl.Expr:
+    """Strings stripped, FMP's placeholders for "unknown" as null."""
+    nulls = sorted(_NULL_STRINGS | set(column.null_values))
+    stripped = text.str.strip_chars()
+    return pl.when(stripped.is_in(nulls)).then(None).otherwise(stripped)
+
+
+def _dated(text: pl.Expr, column: Column) -> pl.Expr:
+    """Cleaned strings read as the column's DATE or TIMESTAMP (null where they cannot be)."""
+    if column.type is ColumnType.DATE:
+        return text.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
+    if column.type is ColumnType.TIMESTAMP:
+        zone = "America/New_York" if column.new_york_time else "UTC"
+        return (
+            text.str.to_datetime(_TIMESTAMP_FORMAT, strict=False, time_unit="us")
+            .dt.replace_time_zone(zone, ambiguous="earliest", non_existent="null")
+            .dt.convert_time_zone("UTC")
+        )
+    raise AssertionError(f"unhandled column type {column.type}")
+
+
 def _text(column: Column, values: list[Any]) -> pl.Series:
     """Values as stripped strings, FMP's placeholders for "unknown" as null."""
-    nulls = sorted(_NULL_STRINGS | set(column.null_values))
     text = pl.Series([None if v is None else str(v) for v in values], dtype=pl.String)
-    return pl.select(
-        pl.when(text.str.strip_chars().is_in(nulls)).then(None).otherwise(text.str.strip_chars())
-    ).to_series()
+    return pl.select(_cleaned(pl.lit(text), column)).to_series()
 
 
 def _parse(column: Column, values: list[Any]) -> tuple[pl.Series, pl.Series | None]:
@@ -107,19 +125,7 @@ def _parse(column: Column, values: list[Any]) -> tuple[pl.Series, pl.Series | No
     text = _text(column, values)
     if kind is ColumnType.STRING:
         return text.rename(name), None
-    if kind is ColumnType.DATE:
-        expr = pl.lit(text).str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
-    elif kind is ColumnType.TIMESTAMP:
-        zone = "America/New_York" if column.new_york_time else "UTC"
-        expr = (
-            pl.lit(text)
-            .str.to_datetime(_TIMESTAMP_FORMAT, strict=False, time_unit="us")
-            .dt.replace_time_zone(zone, ambiguous="earliest", non_existent="null")
-            .dt.convert_time_zone("UTC")
-        )
-    else:
-        raise AssertionError(f"unhandled column type {kind}")
-    parsed = pl.select(expr).to_series().rename(name)
+    parsed = pl.select(_dated(pl.lit(text), column)).to_series().rename(name)
     return parsed, _unreadable(text.is_not_null(), parsed)
 
 
@@ -317,11 +323,9 @@ def normalize_frame(
             continue
         value = pl.col(column.source)
         kind = column.type
-        nulls = sorted(_NULL_STRINGS | set(column.null_values))
         if kind in (ColumnType.FLOAT, ColumnType.INT):
             if frame.schema[column.source] == pl.String:
-                value = value.str.strip_chars()
-                value = pl.when(value.is_in(nulls)).then(None).otherwise(value)
+                value = _cleaned(value, column)
             number = value.cast(pl.Float64, strict=False)
             # Unreadable or infinite: quarantined by the exact path.
             sent[column.name] = value.is_not_null() & (number.is_null() | number.is_infinite())
@@ -332,20 +336,11 @@ def normalize_frame(
         if kind is ColumnType.BOOL:
             typed.append(value.alias(column.name))
             continue
-        text = value.str.strip_chars()
-        text = pl.when(text.is_in(nulls)).then(None).otherwise(text)
+        text = _cleaned(value, column)
         if kind is ColumnType.STRING:
             typed.append(text.alias(column.name))
             continue
-        if kind is ColumnType.DATE:
-            parsed = text.str.slice(0, 10).str.to_date("%Y-%m-%d", strict=False)
-        else:
-            zone = "America/New_York" if column.new_york_time else "UTC"
-            parsed = (
-                text.str.to_datetime(_TIMESTAMP_FORMAT, strict=False, time_unit="us")
-                .dt.replace_time_zone(zone, ambiguous="earliest", non_existent="null")
-                .dt.convert_time_zone("UTC")
-            )
+        parsed = _dated(text, column)
         sent[column.name] = text.is_not_null() & parsed.is_null()  # unreadable: the slow path
         typed.append(parsed.alias(column.name))
     checked = frame.select(

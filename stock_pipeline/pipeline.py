@@ -738,75 +738,63 @@ async def run_ingest(
     which is removed when the run ends.
     """
     with tempfile.TemporaryDirectory(prefix="stock-pipeline-", dir=scratch) as folder:
-        return await _run_ingest(
+        run = _Run(
             plan,
-            client=client,
-            lake=lake,
-            started_at=started_at,
-            parameters=parameters,
-            progress=progress,
-            write_concurrency=write_concurrency,
-            max_price_rows=max_price_rows,
-            scratch=Path(folder),
+            client,
+            lake,
+            started_at,
+            progress,
+            write_concurrency,
+            max_price_rows,
+            Path(folder),
         )
+        params = dict(parameters or {})
 
-
-async def _run_ingest(
-    plan: Plan,
-    *,
-    client: FmpClient,
-    lake: Lake,
-    started_at: dt.datetime,
-    parameters: Mapping[str, Any] | None,
-    progress: Callable[[ProgressEvent], None] | None,
-    write_concurrency: int,
-    max_price_rows: int,
-    scratch: Path,
-) -> RunReport:
-    run = _Run(plan, client, lake, started_at, progress, write_concurrency, max_price_rows, scratch)
-    params = dict(parameters or {})
-
-    def report(
-        status: Literal["ok", "partial", "aborted"],
-        exit_code: ExitCode,
-        summaries: Sequence[DatasetSummary],
-        gaps: Mapping[str, Any],
-    ) -> RunReport:
-        return RunReport(
-            run_id=plan.run_id,
-            status=status,
-            exit_code=exit_code,
-            started_at=started_at,
-            finished_at=dt.datetime.now(dt.UTC),
-            lake=lake.uri,
-            plan=plan,
-            summaries=tuple(summaries),
-            files=tuple(sorted(run.files, key=lambda f: f.stored.path)),
-            failures=tuple(run.failures),
-            gaps=gaps,
-            parameters=params,
-        )
-
-    try:
-        summaries, gaps = await run.run()
-    except* (FmpAuthError, FmpUnreachableError) as group:
-        error = _first_leaf(group)
-        run.failures.append(
-            Failure(
-                error.dataset or "", error.symbol, type(error).__name__, str(error), error.status
+        def report(
+            status: Literal["ok", "partial", "aborted"],
+            exit_code: ExitCode,
+            summaries: Sequence[DatasetSummary],
+            gaps: Mapping[str, Any],
+        ) -> RunReport:
+            return RunReport(
+                run_id=plan.run_id,
+                status=status,
+                exit_code=exit_code,
+                started_at=started_at,
+                finished_at=dt.datetime.now(dt.UTC),
+                lake=lake.uri,
+                plan=plan,
+                summaries=tuple(summaries),
+                files=tuple(sorted(run.files, key=lambda f: f.stored.path)),
+                failures=tuple(run.failures),
+                gaps=gaps,
+                parameters=params,
             )
+
+        try:
+            summaries, gaps = await run.run()
+        except* (FmpAuthError, FmpUnreachableError) as group:
+            error = _first_leaf(group)
+            run.failures.append(
+                Failure(
+                    error.dataset or "",
+                    error.symbol,
+                    type(error).__name__,
+                    str(error),
+                    error.status,
+                )
+            )
+            aborted = report("aborted", error.exit_code, [], {})
+            await asyncio.to_thread(write_manifest, lake, aborted.to_manifest())
+            raise error from None
+        partial = bool(run.failures)
+        final = report(
+            "partial" if partial else "ok",
+            ExitCode.PARTIAL if partial else ExitCode.OK,
+            summaries,
+            gaps,
         )
-        aborted = report("aborted", error.exit_code, [], {})
-        await asyncio.to_thread(write_manifest, lake, aborted.to_manifest())
-        raise error from None
-    partial = bool(run.failures)
-    final = report(
-        "partial" if partial else "ok",
-        ExitCode.PARTIAL if partial else ExitCode.OK,
-        summaries,
-        gaps,
-    )
-    stored = await asyncio.to_thread(write_manifest, lake, final.to_manifest())
-    return RunReport(
-        **{**{f: getattr(final, f) for f in final.__dataclass_fields__}, "manifest": stored}
-    )
+        stored = await asyncio.to_thread(write_manifest, lake, final.to_manifest())
+        return RunReport(
+            **{**{f: getattr(final, f) for f in final.__dataclass_fields__}, "manifest": stored}
+        )

@@ -247,6 +247,7 @@ async def test_limit_reach_text_under_another_status_is_a_rate_limit(
     assert_redacted(caught.value)
 
 
+@pytest.mark.parametrize("as_bytes", [False, True], ids=["records", "bytes"])
 @pytest.mark.parametrize(
     ("kind", "times", "statuses"),
     [
@@ -255,40 +256,29 @@ async def test_limit_reach_text_under_another_status_is_a_rate_limit(
     ],
 )
 async def test_transient_faults_are_retried_until_success(
-    fmp_server: SimulatorFactory, kind: FaultKind, times: int, statuses: dict[int, int]
+    fmp_server: SimulatorFactory,
+    kind: FaultKind,
+    times: int,
+    statuses: dict[int, int],
+    as_bytes: bool,
 ) -> None:
+    # An array fetched as bytes (`fetch_array`) is judged and retried as one fetched as records.
     faults = {"AAPL": (Fault(kind=kind, times=times),)}
     async with (
         fmp_server(faults=faults) as (url, simulator),
         open_client(url, attempts=3) as client,
     ):
-        records = await client.fetch_records(PROFILE, {"symbol": "AAPL"}, dataset="profile")
+        if as_bytes:
+            body = await client.fetch_array(PROFILE, {"symbol": "AAPL"}, dataset="profile")
+            records = json.loads(body)
+        else:
+            records = await client.fetch_records(PROFILE, {"symbol": "AAPL"}, dataset="profile")
 
     assert [record["symbol"] for record in records] == ["AAPL"]
     assert simulator.status_counts() == statuses
     assert client.stats["profile"] == RequestStats(
         requests=times + 1, retries=times, rate_limited=0, failed=0
     )
-
-
-@pytest.mark.parametrize(
-    ("kind", "times", "statuses"),
-    [
-        pytest.param("server_error", 2, {503: 2, 200: 1}, id="server-error"),
-        pytest.param("truncated", 1, {200: 2}, id="truncated"),
-    ],
-)
-async def test_an_array_fetched_as_bytes_is_judged_and_retried_the_same(
-    fmp_server: SimulatorFactory, kind: FaultKind, times: int, statuses: dict[int, int]
-) -> None:
-    faults = {"AAPL": (Fault(kind=kind, times=times),)}
-    async with (
-        fmp_server(faults=faults) as (url, simulator),
-        open_client(url, attempts=3) as client,
-    ):
-        body = await client.fetch_array(PROFILE, {"symbol": "AAPL"}, dataset="profile")
-    assert [record["symbol"] for record in json.loads(body)] == ["AAPL"]
-    assert simulator.status_counts() == statuses
 
 
 async def test_an_error_in_a_200_is_an_error_when_fetched_as_bytes(

@@ -24,9 +24,9 @@ from stock_pipeline.lake import (
     encode_partition,
     open_lake,
     partition_path,
+    partition_slices,
     read_dataset,
     read_manifests,
-    split_partitions,
     write_manifest,
 )
 from stock_pipeline.normalize import NormalizeContext, normalize_records
@@ -52,9 +52,10 @@ def prices_frame(run_id: str, at: dt.datetime, records: list[dict[str, object]])
 def land(lake: LocalLake | S3Lake, run_id: str, frame: pl.DataFrame) -> list[str]:
     dataset = DATASETS["prices"]
     paths = []
-    for value, part in split_partitions(dataset, frame, dt.date(2025, 3, 15)):
+    ordered, slices = partition_slices(dataset, frame, dt.date(2025, 3, 15))
+    for value, offset, length in slices:
         path = partition_path(dataset, value, run_id)
-        lake.write_file(path, encode_partition(dataset, part))
+        lake.write_file(path, encode_partition(dataset, ordered.slice(offset, length)))
         paths.append(path)
     return paths
 
