@@ -49,6 +49,12 @@ def main() -> None:
     parser.add_argument("--rate-limit", type=int, default=1_000_000, help="client requests/minute")
     parser.add_argument("--server-limit", type=int, default=None, help="simulator requests/minute")
     parser.add_argument("--concurrency", type=int, default=16)
+    parser.add_argument(
+        "--prices-source",
+        choices=("auto", "bulk", "symbol"),
+        default="symbol",
+        help="the ingest's --prices-source (default symbol: a backfill's usual choice)",
+    )
     parser.add_argument("--output", type=Path, help="write the figures here as JSON")
     parser.add_argument(
         "--keep-lake",
@@ -66,7 +72,13 @@ def main() -> None:
 
     port = free_port()
     floor: dict[str, float] | None = None
-    server_cmd = [sys.executable, "-m", "stock_pipeline.simulator", "--port", str(port)]
+    universe = tempfile.TemporaryDirectory()
+    tickers = Path(universe.name) / "tickers.csv"
+    tickers.write_text("symbol\n" + "".join(f"S{i:04d}\n" for i in range(args.tickers)))
+    server_cmd = [
+        sys.executable, "-m", "stock_pipeline.simulator", "--port", str(port),
+        "--market", str(tickers),
+    ]  # fmt: skip
     if args.server_limit:
         server_cmd += ["--rate-limit", str(args.server_limit), "--window-seconds", "60"]
     server = subprocess.Popen(server_cmd, stdout=subprocess.PIPE, text=True)
@@ -77,8 +89,6 @@ def main() -> None:
             floor = measure_floor(args, port)
         cpu_before = _children_cpu()
         with tempfile.TemporaryDirectory() as scratch:
-            tickers = Path(scratch) / "tickers.csv"
-            tickers.write_text("symbol\n" + "".join(f"S{i:04d}\n" for i in range(args.tickers)))
             lake = args.keep_lake or Path(scratch) / "lake"
             cmd = [
                 sys.executable, "-m", "stock_pipeline", "ingest",
@@ -86,6 +96,7 @@ def main() -> None:
                 "--backfill-days", str(args.sessions), "--end", args.end,
                 "--datasets", args.datasets, "--rate-limit", str(args.rate_limit),
                 "--concurrency", str(args.concurrency),
+                "--prices-source", args.prices_source,
                 "--fmp-base-url", f"http://127.0.0.1:{port}",
             ]  # fmt: skip
             env = {**os.environ, "FMP_API_KEY": "demo"}
@@ -104,6 +115,7 @@ def main() -> None:
     finally:
         server.terminate()
         server.wait(timeout=10)
+        universe.cleanup()
 
     summary = manifest["summary"]
     requests = sum(s["requests"] for s in summary.values())
@@ -146,8 +158,8 @@ def measure_floor(args: argparse.Namespace, port: int) -> dict[str, float]:
     """Run the fetch-and-discard client in a process of its own; its wall time, CPU and RSS."""
     cpu_before = _children_cpu()
     cmd = [sys.executable, __file__, "--floor-worker", str(port)]
-    for name in ("tickers", "sessions", "end", "datasets", "concurrency"):
-        cmd += [f"--{name}", str(getattr(args, name))]
+    for name in ("tickers", "sessions", "end", "datasets", "concurrency", "prices_source"):
+        cmd += [f"--{name.replace('_', '-')}", str(getattr(args, name))]
     started = time.perf_counter()
     done = subprocess.run(cmd, capture_output=True, text=True, check=True)
     wall = time.perf_counter() - started
@@ -179,26 +191,30 @@ def fetch_and_discard(args: argparse.Namespace, port: int) -> dict[str, float]:
         datasets=args.datasets.split(","),
         start=start,
         end=end,
+        prices_source=args.prices_source,
     )
     from stock_pipeline.datasets import DATASETS
+    from stock_pipeline.plan import Request
 
-    endpoints = {name: DATASETS[name].endpoint for name in plan.datasets}
+    def endpoint(request: Request) -> str:
+        market = DATASETS[request.dataset].market
+        return market.endpoint if request.market and market else DATASETS[request.dataset].endpoint
 
     async def run() -> tuple[float, int]:
         slots = asyncio.Semaphore(args.concurrency)
         received = 0
         async with aiohttp.ClientSession() as session:
 
-            async def one(dataset: str, params: tuple[tuple[str, str], ...]) -> None:
+            async def one(request: Request) -> None:
                 nonlocal received
                 async with slots:
-                    url = f"http://127.0.0.1:{port}/stable/{endpoints[dataset]}"
-                    query = {**dict(params), "apikey": "demo"}
+                    url = f"http://127.0.0.1:{port}/stable/{endpoint(request)}"
+                    query = {**dict(request.params), "apikey": "demo"}
                     async with session.get(url, params=query) as response:
                         received += len(await response.read())
 
             started = time.perf_counter()
-            await asyncio.gather(*(one(r.dataset, r.params) for r in plan.requests))
+            await asyncio.gather(*(one(r) for r in plan.requests))
             return time.perf_counter() - started, received
 
     seconds, received = asyncio.run(run())

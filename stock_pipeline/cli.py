@@ -7,7 +7,7 @@ import logging
 import os
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from enum import StrEnum
 from pathlib import Path
@@ -35,15 +35,22 @@ from stock_pipeline.errors import ConfigError, ExitCode, FmpAuthError, StockPipe
 from stock_pipeline.lake import Lake, open_lake, read_manifests
 from stock_pipeline.market_calendar import (
     EARLIEST_SESSION,
+    NEW_YORK,
     last_completed_session,
     use_cache_dir,
 )
 from stock_pipeline.plan import (
+    NIGHT_MINUTES,
+    Filing,
     Plan,
+    company_datasets,
+    company_records,
+    filings_window,
     last_landed_session,
     new_run_id,
     plan_run,
     resolve_range,
+    schedule_companies,
     shard_symbols,
 )
 from stock_pipeline.redaction import redact
@@ -103,7 +110,23 @@ def _check_dates(start: dt.date | None, end: dt.date, completed: dt.date) -> Non
         raise ConfigError(f"the range starts on {start}, after its end {end}")
 
 
-def _print_plan(plan: Plan, settings: Settings) -> None:
+def _companies_line(plan: Plan) -> str:
+    """How many companies get per-symbol requests, by reason."""
+    if not plan.companies:
+        return ""
+    reasons: dict[str, int] = {}
+    for refresh in plan.companies.values():
+        kind = (
+            refresh.why if refresh.why in ("new", "rotation", "backfill", "refresh") else "filing"
+        )
+        reasons[kind] = reasons.get(kind, 0) + 1
+    parts = ", ".join(f"{count:,} {kind}" for kind, count in sorted(reasons.items()))
+    return f"companies fetched per symbol: {len(plan.companies):,} ({parts})\n"
+
+
+def _print_plan(
+    plan: Plan, settings: Settings, filings: tuple[dt.date, dt.date] | None = None
+) -> None:
     table = Table(title=f"Plan for run {plan.run_id}", show_lines=False)
     table.add_column("dataset")
     table.add_column("requests", justify="right")
@@ -116,6 +139,18 @@ def _print_plan(plan: Plan, settings: Settings) -> None:
         f"symbols: {len(plan.symbols)} ({', '.join(plan.symbols[:8])}"
         f"{', ...' if len(plan.symbols) > 8 else ''})\n"
         f"statements period: {plan.period}\n"
+        + "".join(
+            f"{name}: {source.requests:,} request(s) to {source.endpoint} ({source.why})\n"
+            for name, source in plan.sources.items()
+        )
+        + _companies_line(plan)
+        + (
+            f"filings: the run first reads FMP's filings listing for {filings[0]} to "
+            f"{filings[1]} (a request per 1,000 filings); each company with a 10-Q newer than "
+            "its statements in the lake adds 3 requests, with a 10-K 6\n"
+            if filings
+            else ""
+        )
         + (
             f"shard: {settings.shard[0]} of {settings.shard[1]} "
             f"({settings.pace} of {settings.rate_limit} requests/minute)\n"
@@ -169,6 +204,15 @@ def _print_summary(report: RunReport) -> None:
             )
         if len(report.failures) > 20:
             out.print(f"  ... and {len(report.failures) - 20} more, all listed in the manifest")
+    if report.filings and "error" not in report.filings:
+        f = report.filings
+        out.print(
+            f"filings listing {f['from']} to {f['to']}: {f['rows']:,} rows, "
+            f"{f['signalled']:,} companies with a new filing",
+            highlight=False,
+        )
+    if report.plan.companies:
+        out.print(_companies_line(report.plan).rstrip(), highlight=False)
     manifest = report.manifest.path if report.manifest else "(not written)"
     out.print(f"lake: {report.lake}\nmanifest: {manifest}", highlight=False, markup=False)
 
@@ -221,11 +265,19 @@ def _progress_reporter(total: int) -> Iterator[Callable[[ProgressEvent], None]]:
     yield log_line
 
 
-async def _execute(plan: Plan, settings: Settings, lake: Lake, started: dt.datetime) -> RunReport:
+async def _execute(
+    make_plan: Callable[[Sequence[Filing]], Plan],
+    filings_span: tuple[dt.date, dt.date] | None,
+    settings: Settings,
+    lake: Lake,
+    started: dt.datetime,
+    as_of: dt.date,
+) -> RunReport:
     import aiohttp
 
+    from stock_pipeline.errors import FmpError
     from stock_pipeline.fmp import FmpClient, RequestPacer, RetryPolicy
-    from stock_pipeline.pipeline import run_ingest
+    from stock_pipeline.pipeline import read_filings, run_ingest
 
     assert settings.api_key is not None
     concurrency = settings.effective_concurrency
@@ -245,6 +297,7 @@ async def _execute(plan: Plan, settings: Settings, lake: Lake, started: dt.datet
         parameters: dict[str, Any] = {
             "datasets": list(settings.datasets),
             "period": settings.period,
+            "prices_source": settings.prices_source,
             "rate_limit": settings.rate_limit,
             "pace": settings.pace,
             "shard": list(settings.shard) if settings.shard else None,
@@ -252,8 +305,33 @@ async def _execute(plan: Plan, settings: Settings, lake: Lake, started: dt.datet
             "fmp_base_url": settings.fmp_base_url,
             "tickers_path": str(settings.tickers_path),
             "backfill_days": settings.backfill_days,
+            "refresh": settings.refresh,
+            "as_of": as_of.isoformat(),
             "version": __version__,
         }
+        filings: list[Filing] = []
+        note: dict[str, Any] | None = None
+        if filings_span is not None:
+            first, last = filings_span
+            note = {"from": first.isoformat(), "to": last.isoformat()}
+            try:
+                filings, rows = await read_filings(client, first, last)
+            except FmpError as error:
+                # The rest of the night still runs (a refused key aborts it at its first request,
+                # with the manifest saying so); the next run reads these days again.
+                log.warning("could not read FMP's filings listing: %s", error)
+                note["error"] = str(error)
+            else:
+                note["rows"] = rows
+        plan = make_plan(filings)
+        if note is not None and "error" not in note:
+            note["signalled"] = sum(
+                1 for r in plan.companies.values() if r.why not in ("new", "rotation")
+            )
+        log.info(
+            "run %s: %d requests for %d symbols, %s to %s, into %s",
+            plan.run_id, len(plan.requests), len(plan.symbols), plan.start, plan.end, lake.uri,
+        )  # fmt: skip
         with _progress_reporter(len(plan.requests)) as progress:
             return await run_ingest(
                 plan,
@@ -262,6 +340,7 @@ async def _execute(plan: Plan, settings: Settings, lake: Lake, started: dt.datet
                 started_at=started,
                 parameters=parameters,
                 progress=progress,
+                filings=note,
             )
 
 
@@ -285,39 +364,66 @@ def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = 
         end = settings.end or completed
         _check_dates(settings.start, end, completed)
         last = None
-        if settings.start is None and settings.backfill_days is None:
-            last = last_landed_session(
-                read_manifests(lake), symbols=symbols, datasets=settings.datasets
-            )
-            if last is not None and last >= end:
+        catch_up = settings.start is None and settings.backfill_days is None
+        manifests = read_manifests(lake) if catch_up else []
+        if catch_up:
+            last = last_landed_session(manifests, symbols=symbols, datasets=settings.datasets)
+            if last is not None and last >= end and not settings.refresh:
                 out.print(f"The lake already holds every session up to {end}; nothing to fetch.")
                 return ExitCode.OK
         start, end = resolve_range(
             end=end, start=settings.start, backfill_days=settings.backfill_days, last_landed=last
         )
         _check_dates(start, end, completed)
-        plan = plan_run(
-            run_id=new_run_id(started),
-            symbols=symbols,
-            datasets=settings.datasets,
-            start=start,
-            end=end,
-            period=settings.period,
-            today=started.date(),
-        )
+        # The day the run stands on: today, or the day after an --end in the past (a replay).
+        today = min(started.astimezone(NEW_YORK).date(), end + dt.timedelta(days=1))
+        # A catch-up fetches companies per symbol only when something says they changed; a
+        # backfill or --refresh fetches them all.
+        selective = catch_up and not settings.refresh and bool(company_datasets(settings.datasets))
+        records = company_records(manifests) if selective else {}
+        known = selective and any(records.get(s) for s in symbols)
+        filings_span = filings_window(manifests, today, symbols) if known else None
+        run_id = new_run_id(started)
+
+        def make_plan(filings: Sequence[Filing]) -> Plan:
+            def build(companies: Any) -> Plan:
+                return plan_run(
+                    run_id=run_id,
+                    symbols=symbols,
+                    datasets=settings.datasets,
+                    start=start,
+                    end=end,
+                    period=settings.period,
+                    today=started.date(),
+                    prices_source=settings.prices_source,
+                    companies=companies,
+                    splits_calendar=known,
+                )
+
+            if not selective:
+                return build(None if not settings.refresh else _refresh_all(settings, symbols))
+            fixed = len(build({}).requests)
+            schedule = schedule_companies(
+                symbols=symbols,
+                datasets=settings.datasets,
+                period=settings.period,
+                records=records,
+                filings=filings,
+                today=today,
+                budget=NIGHT_MINUTES * settings.pace - fixed,
+            )
+            return build(schedule)
+
+        plan = make_plan(())
     except StockPipelineError as error:
         raise _fail(error, ExitCode.USAGE, secret) from None
     if dry_run:
-        _print_plan(plan, settings)
+        _print_plan(plan, settings, filings_span)
         return ExitCode.OK
-    log.info(
-        "run %s: %d requests for %d symbols, %s to %s, into %s",
-        plan.run_id, len(plan.requests), len(symbols), start, end, lake.uri,
-    )  # fmt: skip
     import asyncio
 
     try:
-        report = asyncio.run(_execute(plan, settings, lake, started))
+        report = asyncio.run(_execute(make_plan, filings_span, settings, lake, started, today))
     except KeyboardInterrupt:
         err.print(
             "[bold red]interrupted:[/] files already landed stay in the lake, but no manifest was "
@@ -330,6 +436,14 @@ def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = 
         raise _fail(error, error.exit_code, secret) from None
     _print_summary(report)
     return report.exit_code
+
+
+def _refresh_all(settings: Settings, symbols: Sequence[str]) -> dict[str, Any]:
+    from stock_pipeline.plan import Refresh
+
+    periods = ("annual", "quarter") if settings.period == "both" else (settings.period,)
+    every = Refresh(company_datasets(settings.datasets), periods, "refresh", full=True)
+    return dict.fromkeys(symbols, every)
 
 
 class _RedactingFormatter(logging.Formatter):
@@ -460,6 +574,24 @@ def ingest(
             "1/N of --rate-limit, for N runners sharing one key.",
         ),
     ] = None,
+    refresh: Annotated[
+        bool,
+        typer.Option(
+            "--refresh",
+            help="Fetch every company's statements, profile and splits, not only those FMP "
+            "lists a new filing for or whose monthly turn it is.",
+        ),
+    ] = False,
+    prices_source: Annotated[
+        str,
+        typer.Option(
+            "--prices-source",
+            envvar="STOCK_PIPELINE_PRICES_SOURCE",
+            help="Prices from eod-bulk (one request per session for the whole market), per "
+            "symbol, or auto: whichever costs fewer requests, per symbol if the plan refuses "
+            "eod-bulk.",
+        ),
+    ] = "auto",
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; send no request, write nothing.")
     ] = False,
@@ -493,6 +625,8 @@ def ingest(
         kms_key_id=kms_key_id,
         retry_base_delay=_env_float("STOCK_PIPELINE_RETRY_BASE_DELAY", 1.0),
         shard=runner,
+        prices_source=prices_source,
+        refresh=refresh,
     )
     code = _guarded(lambda: run_command(settings, dry_run=dry_run), settings.api_key)
     raise typer.Exit(int(code))

@@ -21,7 +21,9 @@ __all__ = [
     "DEFAULT_LAKE",
     "DEFAULT_RATE_LIMIT",
     "DEFAULT_TICKERS_PATH",
+    "PRICES_SOURCES",
     "Period",
+    "PricesSource",
     "Settings",
     "bundled_tickers",
     "default_concurrency",
@@ -41,6 +43,8 @@ DEFAULT_RATE_LIMIT = 300
 #: FMP returns at most this many price rows per request and silently drops the rest.
 PRICE_ROW_CAP = 5000
 Period = Literal["annual", "quarter", "both"]
+PricesSource = Literal["auto", "bulk", "symbol"]
+PRICES_SOURCES: tuple[PricesSource, ...] = ("auto", "bulk", "symbol")
 PERIODS: tuple[Period, ...] = ("annual", "quarter", "both")
 
 # Letters and digits with the separators FMP uses: BRK-B, RY.TO, ^GSPC, EURUSD=X.
@@ -71,6 +75,10 @@ class Settings:
     kms_key_id: str | None = None
     #: (K, N): this runner takes shard K of N (1-based) and paces at 1/N of `rate_limit`.
     shard: tuple[int, int] | None = None
+    #: Prices from `eod-bulk` (one request per session), per symbol, or whichever costs fewer.
+    prices_source: PricesSource = "auto"
+    #: Fetch every company's statements, profile and splits even when nothing says they changed.
+    refresh: bool = False
 
     def __post_init__(self) -> None:
         if self.backfill_days is not None and self.backfill_days < 1:
@@ -83,6 +91,8 @@ class Settings:
             raise ConfigError("--rate-limit must be at least 1 request per minute")
         if self.concurrency is not None and self.concurrency < 1:
             raise ConfigError("--concurrency must be at least 1")
+        if self.prices_source not in PRICES_SOURCES:
+            raise ConfigError(f"--prices-source must be one of {', '.join(PRICES_SOURCES)}")
         if self.period not in PERIODS:
             raise ConfigError(f"--period must be one of {', '.join(PERIODS)}")
         if self.shard is not None:

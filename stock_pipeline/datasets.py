@@ -35,6 +35,7 @@ __all__ = [
     "Column",
     "ColumnType",
     "Dataset",
+    "MarketEndpoint",
     "get_dataset",
     "to_snake_case",
 ]
@@ -182,6 +183,17 @@ Partition = Literal["date", "ingest_date"]
 
 
 @dataclass(frozen=True, slots=True)
+class MarketEndpoint:
+    """An FMP endpoint that answers for the whole market at once instead of one symbol."""
+
+    endpoint: str
+    #: "date": one request per session (`date=`); "range": one request per range (`from=`, `to=`).
+    span: Literal["date", "range"]
+    #: The answer is CSV (with this header) rather than a JSON array.
+    csv_header: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class Dataset:
     """A dataset as the ingester, the lake and the notebooks see it."""
 
@@ -200,6 +212,8 @@ class Dataset:
     #: dataset besides the newest row (statements: point-in-time Gold needs what was known when);
     #: when the times alone change, the figures are the same version. Empty: newest row only.
     figures: tuple[str, ...] = ()
+    #: The endpoint that has every symbol's rows in one answer, if FMP has one.
+    market: MarketEndpoint | None = None
 
     @property
     def partition_in_data(self) -> bool:
@@ -362,6 +376,11 @@ DATASETS: dict[str, Dataset] = {
             key=("symbol", "date"),
             partition="date",
             checks=_ohlc_checks("open", "high", "low", "close"),
+            market=MarketEndpoint(
+                "eod-bulk",
+                "date",
+                csv_header=("symbol", "date", "open", "low", "high", "close", "adjClose", "volume"),
+            ),
         ),
         Dataset(
             name="adjusted_prices",
@@ -457,6 +476,7 @@ DATASETS: dict[str, Dataset] = {
                 ),
                 Check("missing split date", lambda pl: pl.col("date").is_null(), "date IS NULL"),
             ),
+            market=MarketEndpoint("splits-calendar", "range"),
             # By default, though it costs a request per ticker each night: Gold's per-share
             # figures and prices are only consistent across a split with it.
         ),

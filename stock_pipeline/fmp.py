@@ -17,7 +17,7 @@ from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Literal
 from urllib.parse import urlencode
 
 import aiohttp
@@ -49,6 +49,8 @@ log = logging.getLogger(__name__)
 #: A symbol every FMP plan serves on every endpoint used here (the free plan's sample symbols
 #: include it). The pipeline asks for it to tell an endpoint's refusal from a symbol's.
 PROBE_SYMBOL = "AAPL"
+#: FMP's listing of the newest financial filings (10-K, 10-Q, 8-K, ...) by acceptance time.
+FILINGS_ENDPOINT = "sec-filings-financials"
 
 # Phrases only FMP's plan refusals use: a body with one of them is a refusal whatever its status.
 _PLAN_REFUSAL = re.compile(
@@ -225,6 +227,18 @@ def _plain_array(text: str) -> bool:
     )
 
 
+def _plain_csv(text: str) -> bool:
+    """A CSV data answer: no JSON document, nothing the error rules look for."""
+    stripped = text.lstrip("\ufeff \t\r\n")
+    return (
+        bool(stripped)
+        and not stripped.startswith(("[", "{"))
+        and _LIMIT_REACHED not in text
+        and _KEY_REFUSED not in text
+        and not _PLAN_REFUSAL.search(text)
+    )
+
+
 def _retry_after(headers: Mapping[str, str]) -> float | None:
     value = headers.get("Retry-After")
     if value is None:
@@ -271,12 +285,20 @@ class FmpClient:
         dataset: str,
         symbol: str | None = None,
         gate: Callable[[], asyncio.Future[Any] | None] | None = None,
+        csv: bool = False,
     ) -> bytes:
         """Like `fetch_records`, but a data answer comes back as the JSON array's bytes, unparsed
         (the caller parses it off the event loop); an answer that is not a plain array, or that
-        ends before its closing bracket (cut off), is judged as `fetch_records` judges it."""
+        ends before its closing bracket (cut off), is judged as `fetch_records` judges it.
+        `csv`: the endpoint answers CSV; any 200 that is not JSON or an error's wording is data."""
         answer = await self._fetch_with_retries(
-            endpoint, params, dataset=dataset, symbol=symbol, urgent=False, gate=gate, raw=True
+            endpoint,
+            params,
+            dataset=dataset,
+            symbol=symbol,
+            urgent=False,
+            gate=gate,
+            raw="csv" if csv else True,
         )
         assert isinstance(answer, bytes)
         return answer
@@ -313,7 +335,7 @@ class FmpClient:
         symbol: str | None,
         urgent: bool,
         gate: Callable[[], asyncio.Future[Any] | None] | None,
-        raw: bool,
+        raw: bool | Literal["csv"],
     ) -> list[dict[str, Any]] | bytes:
         stats = self.stats.setdefault(dataset, RequestStats())
         attempt = 0
@@ -370,7 +392,7 @@ class FmpClient:
         params: Mapping[str, str],
         dataset: str,
         symbol: str | None,
-        raw: bool = False,
+        raw: bool | Literal["csv"] = False,
     ) -> list[dict[str, Any]] | bytes:
         url = self.display_url(endpoint, params)
         where: dict[str, Any] = {"url": url, "dataset": dataset, "symbol": symbol}
@@ -392,7 +414,7 @@ class FmpClient:
             detail = redact(f"{type(error).__name__}: {error}", self.api_key)
             raise FmpTransportError(f"connection to FMP failed: {detail}", **where) from None
         text = body.decode("utf-8", errors="replace")
-        if raw and status == 200 and _plain_array(text):
+        if raw and status == 200 and (_plain_csv(text) if raw == "csv" else _plain_array(text)):
             return body
         return self._interpret(status, headers, text, params, where)
 

@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
-from collections.abc import Mapping, Sequence
+from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -35,6 +35,7 @@ __all__ = [
     "normalize_frame",
     "normalize_records",
     "parse_array",
+    "read_market_answer",
 ]
 
 _NULL_STRINGS = frozenset({"", "null", "None", "NaN", "nan"})
@@ -288,6 +289,73 @@ def parse_array(body: bytes) -> pl.DataFrame | None:
         return pl.read_json(io.BytesIO(body), infer_schema_length=None)
     except Exception:  # any shape polars will not read: the exact, slower path decides
         return None
+
+
+_BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+
+
+def read_market_answer(
+    dataset: Dataset, body: bytes, symbols: Collection[str]
+) -> pl.DataFrame | list[dict[str, Any]]:
+    """A whole-market answer's rows for `symbols`, shaped like the per-symbol endpoint's answer:
+    a frame, or records when polars cannot read the JSON. Raises ValueError for a body the
+    endpoint does not send."""
+    market = dataset.market
+    assert market is not None, f"{dataset.name} has no whole-market endpoint"
+    wanted = pl.DataFrame({"symbol": list(symbols)}, schema={"symbol": pl.String})
+    if market.csv_header:
+        return _bulk_bars(_read_csv(body, market.csv_header).join(wanted, on="symbol", how="semi"))
+    frame = parse_array(body)
+    if frame is None:
+        records = json.loads(body)
+        if not isinstance(records, list) or not all(isinstance(r, dict) for r in records):
+            raise ValueError("not a JSON array of records")
+        keep = set(symbols)
+        return [r for r in records if r.get("symbol") in keep]
+    if not frame.width:
+        return frame
+    if frame.schema.get("symbol") != pl.String:
+        raise ValueError("its records have no symbol")
+    return frame.join(wanted, on="symbol", how="semi")
+
+
+def _read_csv(body: bytes, header: Sequence[str]) -> pl.DataFrame:
+    """FMP's bulk CSV as text columns: the byte-order mark and a trailing comma's empty column
+    dropped; every header field required."""
+    try:
+        frame = pl.read_csv(io.BytesIO(body.removeprefix(_BYTE_ORDER_MARK)), infer_schema=False)
+    except pl.exceptions.PolarsError as error:
+        raise ValueError(f"not CSV ({type(error).__name__})") from None
+    frame = frame.select([name for name in frame.columns if name.strip()])
+    missing = [name for name in header if name not in frame.columns]
+    if missing:
+        raise ValueError(f"a CSV header without {', '.join(missing)}")
+    return frame
+
+
+def _bulk_bars(frame: pl.DataFrame) -> pl.DataFrame:
+    """eod-bulk rows as `historical-price-eod/full` sends them: OHLC order, `adjClose` dropped,
+    and the three fields bulk leaves out derived the way FMP defines them (change = close - open,
+    rounded to cents; changePercent = change / open x 100, to 5 places; vwap = the mean of open,
+    high, low and close, to 4 places)."""
+
+    def number(name: str) -> pl.Expr:
+        return pl.col(name).str.strip_chars().cast(pl.Float64, strict=False)
+
+    open_, high, low, close = (number(name) for name in ("open", "high", "low", "close"))
+    change = (close - open_).round(2)
+    return frame.select(
+        "symbol",
+        "date",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        change.alias("change"),
+        (change / open_ * 100.0).round(5).alias("changePercent"),
+        ((open_ + high + low + close) / 4.0).round(4).alias("vwap"),
+    )
 
 
 _PLAIN_TYPES: Mapping[ColumnType, tuple[type[pl.DataType], ...]] = {

@@ -34,7 +34,7 @@ from stock_pipeline.errors import (
     FmpUnreachableError,
     LakeError,
 )
-from stock_pipeline.fmp import PROBE_SYMBOL, FmpClient
+from stock_pipeline.fmp import FILINGS_ENDPOINT, PROBE_SYMBOL, FmpClient
 from stock_pipeline.lake import (
     Lake,
     StoredFile,
@@ -46,14 +46,16 @@ from stock_pipeline.lake import (
     to_arrow,
     write_manifest,
 )
+from stock_pipeline.market_calendar import NEW_YORK
 from stock_pipeline.normalize import (
     NormalizeContext,
     Normalized,
     normalize_frame,
     normalize_records,
     parse_array,
+    read_market_answer,
 )
-from stock_pipeline.plan import Plan, Request
+from stock_pipeline.plan import MARKET, Filing, Plan, Request
 from stock_pipeline.spill import Spill
 
 __all__ = [
@@ -61,6 +63,7 @@ __all__ = [
     "Failure",
     "ProgressEvent",
     "RunReport",
+    "read_filings",
     "run_ingest",
 ]
 
@@ -71,6 +74,10 @@ MANIFEST_VERSION = 1
 WORK_PER_REQUEST_SLOT = 1
 #: This many requests in a row that cannot connect mean FMP (or the network) is down: stop.
 UNREACHABLE_AFTER = 5
+#: The filings listing's largest page, and how many pages a run reads at most.
+FILINGS_PAGE = 1000
+MAX_FILINGS_PAGES = 50
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
 
 log = logging.getLogger(__name__)
 
@@ -145,6 +152,12 @@ class RunReport:
     #: Per price dataset, per symbol: sessions in range with no row.
     gaps: Mapping[str, Mapping[str, tuple[dt.date, ...]]]
     parameters: Mapping[str, Any] = field(default_factory=dict)
+    #: Per dataset with a whole-market endpoint: the endpoint used, its requests and why.
+    sources: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: Per symbol whose company requests all landed: why, whether everything, newest acceptance.
+    companies: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)
+    #: The filings listing this run read (from, to, rows), when it read one.
+    filings: Mapping[str, Any] | None = None
     manifest: StoredFile | None = None
 
     @property
@@ -176,6 +189,9 @@ class RunReport:
             "symbols": list(self.plan.symbols),
             "datasets": list(self.plan.datasets),
             "parameters": dict(self.parameters),
+            "sources": {name: dict(source) for name, source in self.sources.items()},
+            "filings": dict(self.filings) if self.filings is not None else None,
+            "companies": {symbol: dict(c) for symbol, c in self.companies.items()},
             "summary": {
                 s.dataset: {**asdict(s), "symbols_without_data": list(s.symbols_without_data)}
                 for s in self.summaries
@@ -212,7 +228,13 @@ class _Answer:
 
     def as_records(self) -> list[dict[str, Any]]:
         """The answer as records (the exact path), the requested symbol where FMP left it out."""
-        records = self.records if self.records is not None else json.loads(self.body)
+        if self.records is not None:
+            records = self.records
+        elif self.body:
+            records = json.loads(self.body)
+        else:  # a whole-market answer: only its frame holds the plan's symbols
+            assert self.frame is not None
+            records = self.frame.to_dicts()
         for record in records:
             if record.get("symbol") in (None, ""):
                 record["symbol"] = self.symbol
@@ -241,6 +263,14 @@ def _read_answer(symbol: str, body: bytes) -> _Answer:
     return _Answer(symbol, body, frame, records)
 
 
+def _read_market(dataset: Dataset, body: bytes, symbols: frozenset[str]) -> _Answer:
+    """A whole-market answer cut down to the plan's symbols (off the event loop)."""
+    rows = read_market_answer(dataset, body, symbols)
+    if isinstance(rows, pl.DataFrame):
+        return _Answer(MARKET, b"", rows, None)
+    return _Answer(MARKET, b"", None, rows)
+
+
 def _shape(request: Request) -> tuple[tuple[str, str], ...]:
     """A request's parameters but the symbol: what its symbol's neighbours send alike."""
     return tuple((name, value) for name, value in request.params if name != "symbol")
@@ -265,6 +295,8 @@ class _DatasetState:
     #: Shapes some symbol got an answer for: their endpoint and parameters are in the plan.
     answered_shapes: set[tuple[tuple[str, str], ...]] = field(default_factory=set)
     finished: float = 0.0
+    #: A file of this dataset did not land: no symbol of it counts as fetched.
+    write_failed: bool = False
     tasks: dict[asyncio.Task[None], Request] = field(default_factory=dict)
     #: Tasks whose request was answered: a refusal never cancels them (their rows are landing).
     answered: set[asyncio.Task[None]] = field(default_factory=set)
@@ -331,6 +363,14 @@ class _Run:
             )
             for name in plan.datasets
         }
+        self.symbols = frozenset(plan.symbols)
+        #: How each dataset with a whole-market endpoint was fetched (see `Plan.sources`).
+        self.sources: dict[str, dict[str, Any]] = {
+            name: {"endpoint": source.endpoint, "requests": source.requests, "why": source.why}
+            for name, source in plan.sources.items()
+        }
+        #: Per symbol and period ("annual", "quarter"), the newest SEC acceptance fetched.
+        self.accepted: dict[str, dict[str, dt.datetime]] = {}
         self.failures: list[Failure] = []
         self.files: list[FileRecord] = []
         self.requests_total = len(plan.requests)
@@ -346,13 +386,21 @@ class _Run:
                 )
             )
 
-    def _fail(self, state: _DatasetState, symbol: str | None, error: BaseException) -> None:
+    def _fail(
+        self,
+        state: _DatasetState,
+        symbol: str | None,
+        error: BaseException,
+        *,
+        retryable: bool | None = None,
+    ) -> None:
         reason = type(error).__name__
         status = getattr(error, "status", None)
         # A 402 or another 4xx will be refused again tomorrow; everything else may pass.
-        retryable = not isinstance(error, FmpPlanError) and not (
-            type(error) is FmpError and status is not None and 400 <= status < 500
-        )
+        if retryable is None:
+            retryable = not isinstance(error, FmpPlanError) and not (
+                type(error) is FmpError and status is not None and 400 <= status < 500
+            )
         message = str(error) if isinstance(error, FmpError) else f"unexpected {reason}: {error}"
         rule = error.rule if isinstance(error, FmpPlanError) else None
         self.failures.append(
@@ -368,6 +416,8 @@ class _Run:
             params["from"], params["to"] = str(window[0]), str(window[-1])
         state = self.states[request.dataset]
         dataset = state.dataset
+        if request.market:
+            return [await self._fetch_market(dataset, params)]
         body = await self.client.fetch_array(
             dataset.endpoint,
             params,
@@ -404,12 +454,29 @@ class _Run:
             return halves[0].result() + halves[1].result()
         return [answer]
 
+    async def _fetch_market(self, dataset: Dataset, params: Mapping[str, str]) -> _Answer:
+        market = dataset.market
+        assert market is not None
+        body = await self.client.fetch_array(
+            market.endpoint, params, dataset=dataset.name, csv=bool(market.csv_header)
+        )
+        try:
+            return await asyncio.to_thread(_read_market, dataset, body, self.symbols)
+        except (ValueError, pl.exceptions.PolarsError) as error:
+            raise FmpResponseError(
+                f"FMP's {market.endpoint} answer is not what it sends: {error}",
+                dataset=dataset.name,
+                url=self.client.display_url(market.endpoint, params),
+            ) from None
+
     async def _settle(
         self, state: _DatasetState, request: Request, error: FmpPlanError
     ) -> FmpPlanError:
         """Decide a refusal whose wording no rule knows: the symbol's, unless every request of its
         shape is refused, which one request for a symbol every plan serves tells for sure."""
         shape = _shape(request)
+        if request.market:
+            return error.settled("symbol", f"{state.dataset.name}'s whole-market endpoint refused")
         if shape in state.answered_shapes:
             return error.settled("symbol", "unknown wording; other symbols were answered")
         if request.symbol == PROBE_SYMBOL:
@@ -487,6 +554,10 @@ class _Run:
                 raise
             self._fail(state, request.symbol, refused)  # cancelled by `refuse`
         except FmpPlanError as error:
+            if request.market:
+                # The endpoint, not the dataset: per-symbol requests of it still go out.
+                self._fail(state, None, error, retryable=True)
+                return
             if error.scope in ("dataset", "parameters") and state.refusal_for(request) is None:
                 state.refuse(error)
             self._fail(state, request.symbol, error)
@@ -509,9 +580,14 @@ class _Run:
             rows = sum(answer.height for answer in answers)
             state.pending.extend(answers)
             state.pending_rows += rows
-            state.ok_symbols.add(request.symbol)
-            if rows:
-                state.symbols_with_rows.add(request.symbol)
+            if request.market:
+                state.ok_symbols.update(self.symbols)
+                for answer in answers:
+                    state.symbols_with_rows.update(_symbols_of(answer))
+            else:
+                state.ok_symbols.add(request.symbol)
+                if rows:
+                    state.symbols_with_rows.add(request.symbol)
             self.rows_fetched += rows
             if state.pending_rows >= NORMALIZE_BATCH_ROWS:
                 await self._flush(state)
@@ -529,6 +605,8 @@ class _Run:
         def normalize_and_spill() -> Normalized:
             normalized = _normalize_answers(state.dataset, batch, self.context)
             state.spill.add(normalized.rows)
+            if state.dataset.kind == "statement":
+                self._note_accepted(normalized.rows)
             return normalized
 
         try:
@@ -536,11 +614,39 @@ class _Run:
         except Exception as error:  # nothing of this batch may land half-checked
             log.exception("could not normalize a batch of %s", state.dataset.name)
             for symbol in sorted({answer.symbol for answer in batch}):
-                self._fail(state, symbol, error)
+                self._fail(state, None if symbol == MARKET else symbol, error)
             return
         if normalized.quarantine.height:
             state.quarantined.append(normalized.quarantine)
         state.duplicates += normalized.duplicates_dropped
+
+    def _note_accepted(self, rows: pl.DataFrame) -> None:
+        kind = pl.when(pl.col("period") == "FY").then(pl.lit("annual")).otherwise(pl.lit("quarter"))
+        newest = (
+            rows.group_by("symbol", kind.alias("kind"))
+            .agg(pl.col("accepted_date").max())
+            .drop_nulls()
+        )
+        for symbol, period, accepted in newest.iter_rows():
+            landed = self.accepted.setdefault(symbol, {})
+            if accepted > landed.get(period, _EPOCH):
+                landed[period] = accepted
+
+    def companies(self) -> dict[str, dict[str, Any]]:
+        """The manifest's `companies`: every symbol whose per-symbol company requests all landed,
+        why it was fetched, whether that was everything, and its newest statement acceptance."""
+        landed: dict[str, dict[str, Any]] = {}
+        for symbol, refresh in self.plan.companies.items():
+            states = [self.states[name] for name in refresh.datasets]
+            if any(s.write_failed or symbol in s.failed_symbols for s in states):
+                continue
+            accepted = self.accepted.get(symbol, {})
+            landed[symbol] = {
+                "why": refresh.why,
+                "full": refresh.full,
+                "accepted": {period: when.isoformat() for period, when in sorted(accepted.items())},
+            }
+        return landed
 
     async def _write(
         self, dataset: str, kind: Literal["raw", "quarantine"], value: dt.date, data: Any
@@ -562,8 +668,10 @@ class _Run:
                 stored = await asyncio.to_thread(encode_and_store)
             except LakeError as error:
                 self.failures.append(Failure(dataset, None, "LakeWriteError", str(error)))
+                self.states[dataset].write_failed = True
                 return
             except Exception as error:  # the file did not land; the run goes on and says so
+                self.states[dataset].write_failed = True
                 log.exception("could not write %s", path)
                 message = f"unexpected {type(error).__name__} writing {path}: {error}"
                 self.failures.append(Failure(dataset, None, type(error).__name__, message))
@@ -619,6 +727,34 @@ class _Run:
         state.finished = time.monotonic()
         return _gaps(missing) if prices else {}
 
+    async def _market_or_fallback(
+        self, state: _DatasetState, requests: list[Request]
+    ) -> list[Request]:
+        """The requests still to send. Where the plan may fall back from a whole-market endpoint,
+        its first request goes alone: refused by FMP's plan, every market request of the dataset
+        gives way to the per-symbol ones."""
+        source = self.plan.sources.get(state.dataset.name)
+        market = [r for r in requests if r.market]
+        if source is None or not source.fallback or not market:
+            return requests
+        before = len(self.failures)
+        await self._run_request(market[0])
+        refused = [f for f in self.failures[before:] if f.reason == FmpPlanError.__name__]
+        if not refused:
+            return [r for r in requests if r is not market[0]]
+        del self.failures[before:]
+        log.warning(
+            "%s: FMP's plan refuses %s; fetching per symbol instead",
+            state.dataset.name, source.endpoint,
+        )  # fmt: skip
+        self.requests_total += len(source.fallback) - len(market)
+        self.sources[state.dataset.name] = {
+            "endpoint": state.dataset.endpoint,
+            "requests": len(source.fallback),
+            "why": f"{source.endpoint} refused by FMP's plan ({refused[0].error})",
+        }
+        return [r for r in requests if not r.market] + list(source.fallback)
+
     async def run(self) -> tuple[list[DatasetSummary], dict[str, dict[str, tuple[dt.date, ...]]]]:
         by_dataset: dict[str, list[Request]] = defaultdict(list)
         for request in self.plan.requests:
@@ -626,8 +762,9 @@ class _Run:
 
         async def one_dataset(name: str) -> tuple[DatasetSummary, dict[str, tuple[dt.date, ...]]]:
             state = self.states[name]
+            requests = await self._market_or_fallback(state, by_dataset[name])
             async with asyncio.TaskGroup() as group:
-                state.tasks = {group.create_task(self._run_request(r)): r for r in by_dataset[name]}
+                state.tasks = {group.create_task(self._run_request(r)): r for r in requests}
             gaps = await self._land(state)
             stats = self.client.stats.get(name)
             files = [f for f in self.files if f.dataset == name]
@@ -686,6 +823,12 @@ def _normalize_answers(
     return normalize_records(dataset, records, ctx)
 
 
+def _symbols_of(answer: _Answer) -> set[str]:
+    if answer.frame is not None:
+        return set(answer.frame["symbol"].to_list()) if answer.frame.height else set()
+    return {str(record.get("symbol")) for record in answer.records or ()}
+
+
 def _missing(
     present: pl.DataFrame, sessions: Sequence[dt.date], symbols: Iterable[str]
 ) -> pl.DataFrame:
@@ -708,6 +851,37 @@ def _gaps(missing: Sequence[pl.DataFrame]) -> dict[str, tuple[dt.date, ...]]:
     }
 
 
+async def read_filings(client: FmpClient, start: dt.date, end: dt.date) -> tuple[list[Filing], int]:
+    """FMP's listing of financial filings accepted from `start` to `end`, page by page, and the
+    number of rows it had (8-Ks and other forms included)."""
+    filings: list[Filing] = []
+    rows = 0
+    for page in range(MAX_FILINGS_PAGES):
+        params = {"from": str(start), "to": str(end), "page": str(page), "limit": str(FILINGS_PAGE)}
+        records = await client.fetch_records(FILINGS_ENDPOINT, params, dataset="filings")
+        rows += len(records)
+        filings += filter(None, map(_filing, records))
+        if len(records) < FILINGS_PAGE:
+            return filings, rows
+    raise FmpResponseError(
+        f"FMP's filings listing from {start} to {end} goes on past {MAX_FILINGS_PAGES} pages of "
+        f"{FILINGS_PAGE}",
+        dataset="filings",
+    )
+
+
+def _filing(record: Mapping[str, Any]) -> Filing | None:
+    """A listing row as a Filing; None for a row without a symbol, a form or a readable time."""
+    symbol, form, accepted = (record.get(k) for k in ("symbol", "formType", "acceptedDate"))
+    if not (isinstance(symbol, str) and symbol and isinstance(form, str) and accepted):
+        return None
+    try:
+        when = dt.datetime.strptime(str(accepted)[:19], "%Y-%m-%d %H:%M:%S")
+    except ValueError:
+        return None
+    return Filing(symbol.upper(), form.strip(), when.replace(tzinfo=NEW_YORK).astimezone(dt.UTC))
+
+
 _E = TypeVar("_E", bound=BaseException)
 
 
@@ -728,6 +902,7 @@ async def run_ingest(
     write_concurrency: int = 8,
     max_price_rows: int = PRICE_ROW_CAP,
     scratch: Path | None = None,
+    filings: Mapping[str, Any] | None = None,
 ) -> RunReport:
     """Fetch, normalize and land every request of `plan`, then write the manifest last.
 
@@ -735,7 +910,8 @@ async def run_ingest(
     manifest records the abort, no data file is written, and the error propagates.
 
     Normalized rows wait for landing in `scratch` (a local folder; default: a temporary one),
-    which is removed when the run ends.
+    which is removed when the run ends. `filings`: the filings listing read before planning
+    (see `read_filings`), recorded in the manifest.
     """
     with tempfile.TemporaryDirectory(prefix="stock-pipeline-", dir=scratch) as folder:
         run = _Run(
@@ -749,6 +925,16 @@ async def run_ingest(
             Path(folder),
         )
         params = dict(parameters or {})
+        if filings is not None and "error" in filings:
+            run.failures.append(
+                Failure(
+                    "filings",
+                    None,
+                    "FilingsListingError",
+                    f"{filings['error']}; companies that filed since {filings['from']} wait for "
+                    "the next run, which reads the listing again",
+                )
+            )
 
         def report(
             status: Literal["ok", "partial", "aborted"],
@@ -769,6 +955,9 @@ async def run_ingest(
                 failures=tuple(run.failures),
                 gaps=gaps,
                 parameters=params,
+                sources=run.sources,
+                companies=run.companies() if status != "aborted" else {},
+                filings=filings,
             )
 
         try:

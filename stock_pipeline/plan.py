@@ -11,17 +11,19 @@ import hashlib
 import math
 import secrets
 from collections.abc import Iterable, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
-from stock_pipeline.config import PRICE_ROW_CAP
+from stock_pipeline.config import PRICE_ROW_CAP, PricesSource
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.errors import ConfigError
-from stock_pipeline.market_calendar import recent_sessions, sessions_between
+from stock_pipeline.market_calendar import NEW_YORK, recent_sessions, sessions_between
 
 __all__ = [
+    "MARKET",
     "Plan",
     "Request",
+    "Source",
     "last_landed_session",
     "new_run_id",
     "plan_run",
@@ -38,6 +40,10 @@ def new_run_id(now: dt.datetime) -> str:
     return f"{now.astimezone(dt.UTC):%Y%m%dT%H%M%SZ}-{secrets.token_hex(4)}"
 
 
+#: The symbol of a request that answers for the whole market.
+MARKET = "*"
+
+
 @dataclass(frozen=True, slots=True)
 class Request:
     """One FMP request of the plan."""
@@ -47,6 +53,19 @@ class Request:
     params: tuple[tuple[str, str], ...]
     #: For price requests: the sessions the window covers (used to split a capped answer).
     window: tuple[dt.date, ...] = ()
+    #: Sent to the dataset's whole-market endpoint; its rows are kept for the plan's symbols.
+    market: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """How a run fetches a dataset that FMP also serves for the whole market, and why."""
+
+    endpoint: str
+    requests: int
+    why: str
+    #: Per-symbol requests that replace the market ones when FMP's plan refuses them.
+    fallback: tuple[Request, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -61,6 +80,10 @@ class Plan:
     datasets: tuple[str, ...]
     period: str
     requests: tuple[Request, ...]
+    #: Datasets fetched from a whole-market endpoint, or that chose not to: the choice and why.
+    sources: Mapping[str, Source] = field(default_factory=dict)
+    #: The symbols with per-symbol company requests (statements, profile, splits), and why.
+    companies: Mapping[str, Refresh] = field(default_factory=dict)
 
     def requests_by_dataset(self) -> dict[str, int]:
         counts: dict[str, int] = {name: 0 for name in self.datasets}
@@ -140,6 +163,214 @@ def last_landed_session(
     return min((day for day in landed if day is not None), default=None)
 
 
+# --------------------------------------------------------------------------- companies
+
+#: Every company's statements, profile and split history are fetched again at least this often.
+ROTATION_DAYS = 25
+#: A company is refreshed whatever the night's load once its last refresh is this old.
+OVERDUE_DAYS = 28
+#: The night's requests fit in this many minutes at the run's pace; the rotation waits beyond.
+NIGHT_MINUTES = 15
+#: The filings listing is read again this many days before the end of the last one read, for
+#: filings FMP lists late.
+FILINGS_OVERLAP_DAYS = 3
+#: How far back the first listing reads when no run read one before.
+FILINGS_FIRST_DAYS = 7
+#: Forms whose figures FMP's statements carry, and the statement periods each one changes.
+FILING_PERIODS: Mapping[str, tuple[str, ...]] = {
+    **dict.fromkeys(("10-Q", "10-Q/A", "10-QT"), ("quarter",)),
+    **dict.fromkeys(
+        ("10-K", "10-K/A", "10-KT", "20-F", "20-F/A", "40-F", "40-F/A"), ("annual", "quarter")
+    ),
+}
+COMPANY_KINDS = ("statement", "profile", "events")
+_EPOCH = dt.datetime(1970, 1, 1, tzinfo=dt.UTC)
+
+
+@dataclass(frozen=True, slots=True)
+class Filing:
+    """One row of FMP's filings listing that matters here."""
+
+    symbol: str
+    form: str
+    accepted: dt.datetime  # UTC
+
+
+@dataclass(frozen=True, slots=True)
+class CompanyRecord:
+    """What earlier runs landed of a company, from their manifests."""
+
+    #: New York day of the newest run that fetched every company dataset of it.
+    refreshed: dt.date | None = None
+    #: Per statement period ("annual", "quarter"): the newest SEC acceptance in the lake.
+    accepted: Mapping[str, dt.datetime] = field(default_factory=dict)
+
+
+@dataclass(frozen=True, slots=True)
+class Refresh:
+    """A company's per-symbol requests in this run, and why."""
+
+    datasets: tuple[str, ...]
+    periods: tuple[str, ...]
+    why: str
+    #: Every company dataset and period asked for: the monthly rotation counts it.
+    full: bool
+
+
+def company_datasets(datasets: Iterable[str]) -> tuple[str, ...]:
+    return tuple(d for d in datasets if DATASETS[d].kind in COMPANY_KINDS)
+
+
+def company_records(manifests: Iterable[Mapping[str, Any]]) -> dict[str, CompanyRecord]:
+    """Per symbol, its newest full refresh (the day its run stood on) and newest acceptance, from
+    the manifests' `companies`."""
+    records: dict[str, CompanyRecord] = {}
+    for manifest in manifests:
+        if manifest.get("status") not in ("ok", "partial"):
+            continue
+        as_of = (manifest.get("parameters") or {}).get("as_of")
+        day = (
+            dt.date.fromisoformat(as_of)
+            if as_of
+            else dt.datetime.fromisoformat(manifest["started_at"]).astimezone(NEW_YORK).date()
+        )
+        for symbol, landed in (manifest.get("companies") or {}).items():
+            old = records.get(symbol, CompanyRecord())
+            accepted = dict(old.accepted)
+            for period, when in (landed.get("accepted") or {}).items():
+                if when and (newest := dt.datetime.fromisoformat(when)) > accepted.get(
+                    period, _EPOCH
+                ):
+                    accepted[period] = newest
+            records[symbol] = CompanyRecord(
+                refreshed=max(
+                    filter(None, (old.refreshed, day if landed.get("full") else None)), default=None
+                ),
+                accepted=accepted,
+            )
+    return records
+
+
+def filings_window(
+    manifests: Iterable[Mapping[str, Any]], today: dt.date, symbols: Iterable[str] = ()
+) -> tuple[dt.date, dt.date]:
+    """The acceptance days the listing is read for: from a few days before the end of the last
+    listing a run for these symbols read (a shard's own, when runners share the lake), so
+    late-listed filings are seen, to today."""
+    mine = set(symbols)
+    ends = [
+        dt.date.fromisoformat(m["filings"]["to"])
+        for m in manifests
+        if m.get("status") in ("ok", "partial")
+        and m.get("filings")
+        and "error" not in m["filings"]
+        and (not mine or not mine.isdisjoint(m.get("symbols", ())))
+    ]
+    start = (
+        max(ends) - dt.timedelta(days=FILINGS_OVERLAP_DAYS)
+        if ends
+        else today - dt.timedelta(days=FILINGS_FIRST_DAYS)
+    )
+    return min(start, today), today
+
+
+def rotation_day(symbol: str, today: dt.date) -> dt.date:
+    """The newest day up to `today` that is the symbol's rotation day (one in ROTATION_DAYS,
+    by a hash of the symbol, so a universe's refreshes spread evenly over the days)."""
+    slot = _shard_of(symbol, ROTATION_DAYS)
+    return today - dt.timedelta(days=(today.toordinal() - slot) % ROTATION_DAYS)
+
+
+def requests_per_company(datasets: Sequence[str], periods: Sequence[str]) -> int:
+    return sum(len(periods) if DATASETS[d].kind == "statement" else 1 for d in datasets)
+
+
+def schedule_companies(
+    *,
+    symbols: Sequence[str],
+    datasets: Sequence[str],
+    period: str,
+    records: Mapping[str, CompanyRecord],
+    filings: Iterable[Filing],
+    today: dt.date,
+    budget: int,
+) -> dict[str, Refresh]:
+    """Which companies a catch-up run fetches per symbol, and why, most urgent first:
+
+    1. new (never fully fetched): everything;
+    2. a filing (10-Q, 10-K and their kin) accepted after the newest acceptance of its period in
+       the lake: the quarterly statements it changes (point-in-time Gold is built on quarters);
+    3. rotation overdue (last full refresh OVERDUE_DAYS ago): everything;
+    4. within `budget` requests, after all of the above: the annual statements a 10-K changed,
+       oldest filing first (the rest waits for the next night, which sees the filing again),
+       then the rotation that is due (its day came since its last full refresh), oldest first.
+
+    FMP may list a filing before its statements carry it; the next run sees it again until they do.
+    """
+    wanted = company_datasets(datasets)
+    if not wanted:
+        return {}
+    periods = ("annual", "quarter") if period == "both" else (period,)
+    statements = tuple(d for d in wanted if DATASETS[d].kind == "statement")
+    full_cost = requests_per_company(wanted, periods)
+    new = [s for s in symbols if records.get(s, CompanyRecord()).refreshed is None]
+    chosen: dict[str, set[str]] = {}  # symbol -> statement periods to fetch for its filings
+    reasons: dict[str, set[str]] = {}
+    first_seen: dict[tuple[str, str], dt.datetime] = {}
+    universe = set(symbols) - set(new)
+    for filing in filings:
+        changes = FILING_PERIODS.get(filing.form.upper())
+        if filing.symbol not in universe or changes is None or not statements:
+            continue
+        landed = records[filing.symbol].accepted
+        stale = [p for p in changes if p in periods and filing.accepted > landed.get(p, _EPOCH)]
+        for p in stale:
+            key = (filing.symbol, p)
+            first_seen[key] = min(first_seen.get(key, filing.accepted), filing.accepted)
+        if stale:
+            reasons.setdefault(filing.symbol, set()).add(
+                f"{filing.form} accepted {filing.accepted:%Y-%m-%d %H:%M} UTC"
+            )
+    due = sorted(
+        (records[s].refreshed, s)
+        for s in symbols
+        if s in universe and records[s].refreshed < rotation_day(s, today)  # type: ignore[operator]
+    )
+    signalled = sorted(first_seen.items(), key=lambda item: item[1])
+    per_period = len(statements)
+    spent = len(new) * full_cost
+    full: set[str] = set()
+    # Quarters a filing changed, then companies a month without a refresh: whatever the budget.
+    for (symbol, p), _ in signalled:
+        if p == "quarter":
+            chosen.setdefault(symbol, set()).add(p)
+            spent += per_period
+    for refreshed, symbol in due:
+        if (today - refreshed).days >= OVERDUE_DAYS:  # type: ignore[operator]
+            spent += full_cost - per_period * len(chosen.get(symbol, ()))
+            full.add(symbol)
+    # Then, within the budget: the annual statements a 10-K changed, the rotation that is due.
+    for (symbol, p), _ in signalled:
+        if p != "quarter" and symbol not in full and spent + per_period <= budget:
+            chosen.setdefault(symbol, set()).add(p)
+            spent += per_period
+    for _, symbol in due:
+        extra = full_cost - per_period * len(chosen.get(symbol, ()))
+        if symbol not in full and spent + extra <= budget:
+            full.add(symbol)
+            spent += extra
+    plan: dict[str, Refresh] = dict.fromkeys(new, Refresh(wanted, periods, "new", full=True))
+    for symbol in sorted(set(chosen) | full):
+        filed = "; ".join(sorted(reasons.get(symbol, ())))
+        if symbol in full:
+            why = f"{filed}; rotation" if filed else "rotation"
+            plan[symbol] = Refresh(wanted, periods, why, full=True)
+        else:
+            fetched = tuple(p for p in periods if p in chosen[symbol])
+            plan[symbol] = Refresh(statements, fetched, filed, full=False)
+    return dict(sorted(plan.items()))
+
+
 def _price_windows(sessions: Sequence[dt.date], max_rows: int) -> list[tuple[dt.date, ...]]:
     size = max(1, int(max_rows * WINDOW_FILL))
     return [tuple(sessions[i : i + size]) for i in range(0, len(sessions), size)]
@@ -165,6 +396,26 @@ def _shard_of(symbol: str, count: int) -> int:
     return int.from_bytes(digest[:8], "big") % count
 
 
+def _bulk_prices(
+    name: str, source: PricesSource, sessions: Sequence[dt.date], per_symbol: int
+) -> Source | None:
+    """Whether a price dataset comes from its one-request-per-session endpoint, and why."""
+    market = DATASETS[name].market
+    if market is None or market.span != "date" or source == "symbol" or not sessions:
+        return None
+    bulk = len(sessions)
+    if source == "bulk":
+        return Source(market.endpoint, bulk, "asked for with --prices-source bulk")
+    if bulk >= per_symbol:
+        return None
+    return Source(
+        market.endpoint,
+        bulk,
+        f"auto: {bulk:,} request(s), one per session, instead of {per_symbol:,} per symbol; "
+        "per symbol if the plan refuses it",
+    )
+
+
 def plan_run(
     *,
     run_id: str,
@@ -175,25 +426,77 @@ def plan_run(
     period: str = "both",
     max_price_rows: int = PRICE_ROW_CAP,
     today: dt.date | None = None,
+    prices_source: PricesSource = "symbol",
+    companies: Mapping[str, Refresh] | None = None,
+    splits_calendar: bool = False,
 ) -> Plan:
-    """Every request the run will send, in a stable order (dataset, then symbol)."""
+    """Every request the run will send, in a stable order (dataset, then symbol).
+
+    `companies`: which symbols get per-symbol company requests (statements, profile, splits) and
+    why; None: every symbol, everything. `splits_calendar`: the other symbols' splits come from
+    FMP's market-wide calendar for the range (per symbol if the plan refuses it).
+    """
     sessions = tuple(sessions_between(start, end))
     requests: list[Request] = []
+    sources: dict[str, Source] = {}
     periods = ("annual", "quarter") if period == "both" else (period,)
+    if companies is None:
+        wanted = company_datasets(datasets)
+        every = Refresh(wanted, periods, "backfill", full=True)
+        companies = dict.fromkeys(symbols, every) if wanted else {}
+
+    def statement(name: str, symbol: str, p: str) -> Request:
+        limit = str(_statement_limit(p, start, max(end, today or end)))
+        return Request(name, symbol, (("symbol", symbol), ("period", p), ("limit", limit)))
+
     for name in datasets:
         dataset = DATASETS[name]
+        per_symbol: list[Request] = []
         for symbol in symbols:
+            refresh = companies.get(symbol)
             if dataset.kind == "prices":
                 for window in _price_windows(sessions, max_price_rows):
                     params = (("symbol", symbol), ("from", str(window[0])), ("to", str(window[-1])))
-                    requests.append(Request(name, symbol, params, window))
+                    per_symbol.append(Request(name, symbol, params, window))
+            elif refresh is None or name not in refresh.datasets:
+                continue
             elif dataset.kind == "statement":
-                for p in periods:
-                    limit = str(_statement_limit(p, start, max(end, today or end)))
-                    params = (("symbol", symbol), ("period", p), ("limit", limit))
-                    requests.append(Request(name, symbol, params))
+                per_symbol += [statement(name, symbol, p) for p in refresh.periods]
             else:
-                requests.append(Request(name, symbol, (("symbol", symbol),)))
+                per_symbol.append(Request(name, symbol, (("symbol", symbol),)))
+        market = dataset.market
+        if splits_calendar and market is not None and market.span == "range":
+            others = [s for s in symbols if s not in {r.symbol for r in per_symbol}]
+            if others:
+                span = (("from", str(start - dt.timedelta(days=7))), ("to", str(end)))
+                requests += [*per_symbol, Request(name, MARKET, span, market=True)]
+                fallback = tuple(Request(name, s, (("symbol", s),)) for s in others)
+                why = (
+                    f"{len(others):,} symbols' new splits from the calendar in one request; "
+                    "their history per symbol if the plan refuses it"
+                )
+                sources[name] = Source(market.endpoint, 1, why, fallback)
+                continue
+        bulk = (
+            _bulk_prices(name, prices_source, sessions, len(per_symbol))
+            if dataset.kind == "prices"
+            else None
+        )
+        if bulk is None:
+            requests += per_symbol
+            continue
+        requests += [Request(name, MARKET, (("date", str(day)),), market=True) for day in sessions]
+        fallback = tuple(per_symbol) if prices_source == "auto" else ()
+        sources[name] = Source(bulk.endpoint, bulk.requests, bulk.why, fallback)
     return Plan(
-        run_id, start, end, sessions, tuple(symbols), tuple(datasets), period, tuple(requests)
+        run_id,
+        start,
+        end,
+        sessions,
+        tuple(symbols),
+        tuple(datasets),
+        period,
+        tuple(requests),
+        sources,
+        companies,
     )

@@ -79,6 +79,7 @@ _ROW_FAULTS: Final = frozenset(
 )
 
 JSON_CONTENT_TYPE: Final = "application/json; charset=utf-8"
+CSV_CONTENT_TYPE: Final = "text/csv; charset=utf-8"
 INVALID_KEY_MESSAGE: Final = (
     "Invalid API KEY. Feel free to create a Free API Key or visit "
     "https://site.financialmodelingprep.com/faqs?search=why-is-my-api-key-invalid "
@@ -121,11 +122,26 @@ BALANCE_ENDPOINT: Final = "balance-sheet-statement"
 CASH_FLOW_ENDPOINT: Final = "cash-flow-statement"
 PROFILE_ENDPOINT: Final = "profile"
 SPLITS_ENDPOINT: Final = "splits"
+EOD_BULK_ENDPOINT: Final = "eod-bulk"
+SPLITS_CALENDAR_ENDPOINT: Final = "splits-calendar"
+FILINGS_ENDPOINT: Final = "sec-filings-financials"
+#: Endpoints that answer for the whole market (`config.market`) rather than one symbol.
+_MARKET_ENDPOINTS: Final = frozenset(
+    {EOD_BULK_ENDPOINT, SPLITS_CALENDAR_ENDPOINT, FILINGS_ENDPOINT}
+)
 _PRICE_ENDPOINTS: Final = frozenset(
     {PRICE_ENDPOINT, DIVIDEND_ADJUSTED_ENDPOINT, NON_SPLIT_ADJUSTED_ENDPOINT}
 )
 _STATEMENT_ENDPOINTS: Final = frozenset({INCOME_ENDPOINT, BALANCE_ENDPOINT, CASH_FLOW_ENDPOINT})
-ENDPOINTS: Final = _PRICE_ENDPOINTS | _STATEMENT_ENDPOINTS | {PROFILE_ENDPOINT, SPLITS_ENDPOINT}
+ENDPOINTS: Final = (
+    _PRICE_ENDPOINTS
+    | _STATEMENT_ENDPOINTS
+    | {PROFILE_ENDPOINT, SPLITS_ENDPOINT}
+    | _MARKET_ENDPOINTS
+)
+#: FMP's largest page of the filings listing.
+MAX_FILINGS_PAGE: Final = 1000
+DEFAULT_FILINGS_PAGE: Final = 100
 
 DEFAULT_STATEMENT_LIMIT: Final = 5
 MAX_STATEMENT_LIMIT: Final = 1000
@@ -353,6 +369,10 @@ class SimulatorConfig:
     endpoint_refusal: Refusal = Refusal(text=RESTRICTED_ENDPOINT_TEXT)
     faults: Mapping[str, tuple[Fault, ...]] = field(default_factory=dict)
     today: date | None = None
+    #: The symbols the whole-market endpoints list (eod-bulk, splits-calendar, the filings
+    #: listing); None: the 30 Dow members bundled with the package. Any symbol can still be
+    #: asked for on its own.
+    market: tuple[str, ...] | None = None
 
     def __post_init__(self) -> None:
         if self.rate_limit is not None and self.rate_limit < 0:
@@ -901,8 +921,10 @@ def _company(symbol: str, first_year: int, last_year: int) -> _Company:
 
 
 def _filing(symbol: str, fiscal_year: int, period: str, end: date) -> tuple[date, str]:
-    """Filing date 25-40 days after the period end; accepted that day or the evening before."""
-    h = zlib.crc32(f"{symbol}|{fiscal_year}|{period}".encode())
+    """Filing date 25-40 days after the period end; accepted that day or the evening before.
+    The fourth quarter comes with the fiscal year, in the same 10-K."""
+    key = "FY" if period == "Q4" else period
+    h = zlib.crc32(f"{symbol}|{fiscal_year}|{key}".encode())
     filed = end + timedelta(days=25 + h % 16)
     accepted = filed - timedelta(days=(h >> 4) % 2)
     clock = f"{6 + (h >> 5) % 14:02d}:{(h >> 9) % 60:02d}:{(h >> 15) % 60:02d}"
@@ -1083,6 +1105,120 @@ def _split_rows(
     ]
 
 
+# --------------------------------------------------------------------------- the whole market
+
+
+def _market(config: SimulatorConfig) -> tuple[str, ...]:
+    symbols = config.market if config.market is not None else _bundled_market()
+    return tuple(s for s in symbols if s not in config.unknown_symbols)
+
+
+@lru_cache(maxsize=1)
+def _bundled_market() -> tuple[str, ...]:
+    from stock_pipeline.config import bundled_tickers, read_tickers
+
+    with bundled_tickers() as path:
+        return read_tickers(path)
+
+
+EOD_BULK_FIELDS: Final = ("symbol", "date", "open", "low", "high", "close", "adjClose", "volume")
+
+
+def _eod_bulk_body(params: Mapping[str, str], config: SimulatorConfig, today: date) -> bytes:
+    """Every market symbol's bar for one session as FMP's CSV: a byte-order mark, open-low-high
+    order, and some volumes written as fractional numbers."""
+    if not params.get("date"):
+        raise _ParamError(_error(400, "Invalid or missing query parameter - date"))
+    key = _parse_day(params, "date", today).isoformat()
+    lines = ["\ufeff" + ",".join(EOD_BULK_FIELDS)]
+    for symbol in _market(config):
+        prices = _prices(symbol, config.history_start, today)
+        index = bisect.bisect_left(prices.dates, key)
+        if index == len(prices.dates) or prices.dates[index] != key:
+            continue
+        volume = int(prices.volume[index])
+        values = (
+            prices.open[index],
+            prices.low[index],
+            prices.high[index],
+            prices.close[index],
+            round(float(prices.close[index] * prices.dividend_factor[index]), 2),
+        )
+        shown = f"{volume}.0" if _seed(symbol) % 4 == 0 else str(volume)
+        lines.append(",".join((symbol, key, *(repr(float(v)) for v in values), shown)))
+    return ("\n".join(lines) + "\n").encode()
+
+
+def _splits_calendar_rows(
+    params: Mapping[str, str], config: SimulatorConfig, today: date
+) -> list[Row]:
+    """The market's splits dated from `from` to `to`, newest first."""
+    end = _parse_day(params, "to", today + timedelta(days=30))
+    start = _parse_day(params, "from", end - timedelta(days=30))
+    rows = [
+        row
+        for symbol in _market(config)
+        for row in _split_rows(symbol, SPLITS_ENDPOINT, {}, config, today)
+        if start.isoformat() <= row["date"] <= end.isoformat()
+    ]
+    return sorted(rows, key=lambda row: (row["date"], row["symbol"]), reverse=True)
+
+
+def _page(params: Mapping[str, str]) -> tuple[int, int]:
+    try:
+        page = int(params.get("page") or 0)
+        limit = int(params.get("limit") or DEFAULT_FILINGS_PAGE)
+    except ValueError:
+        raise _ParamError(_error(400, "Invalid 'page' or 'limit' parameter")) from None
+    if page < 0 or not 1 <= limit <= MAX_FILINGS_PAGE:
+        raise _ParamError(
+            _error(400, f"Invalid 'page' or 'limit' parameter: limit is 1 to {MAX_FILINGS_PAGE}")
+        )
+    return page, limit
+
+
+def _filings_rows(params: Mapping[str, str], config: SimulatorConfig, today: date) -> list[Row]:
+    """The filings listing: every 10-Q and 10-K of the market accepted from `from` to `to`, and
+    the 8-K earnings release the day before each, newest acceptance first, a page at a time.
+    A filing is listed once its statements are served (on its filing date)."""
+    for name in ("from", "to"):
+        if not params.get(name):
+            raise _ParamError(_error(400, f"Invalid or missing query parameter - {name}"))
+    start, end = _parse_day(params, "from", today), _parse_day(params, "to", today)
+    page, limit = _page(params)
+    rows: list[Row] = []
+    for symbol in _market(config):
+        cik = f"{_seed(symbol) % 2_000_000:010d}"
+        for fiscal_year in range(start.year - 1, end.year + 1):
+            for quarter, (month, day) in enumerate(_QUARTER_ENDS, start=1):
+                label = "FY" if quarter == 4 else f"Q{quarter}"
+                filed, accepted = _filing(symbol, fiscal_year, label, date(fiscal_year, month, day))
+                release = datetime.fromisoformat(accepted) - timedelta(days=1)
+                listed = (
+                    ("10-K" if quarter == 4 else "10-Q", accepted, filed),
+                    ("8-K", f"{release:%Y-%m-%d} 16:05:00", release.date()),
+                )
+                for form, when, filing_date in listed:
+                    if filed > today or not start.isoformat() <= when[:10] <= end.isoformat():
+                        continue
+                    accession = f"{cik}-{fiscal_year % 100:02d}-{quarter:02d}{len(form)}"
+                    rows.append(
+                        {
+                            "symbol": symbol,
+                            "cik": cik,
+                            "filingDate": f"{filing_date.isoformat()} 00:00:00",
+                            "acceptedDate": when,
+                            "formType": form,
+                            "link": f"https://www.sec.gov/Archives/edgar/data/{int(cik)}/"
+                            f"{accession}-index.htm",
+                            "finalLink": f"https://www.sec.gov/Archives/edgar/data/{int(cik)}/"
+                            f"{accession}.htm",
+                        }
+                    )
+    rows.sort(key=lambda row: (row["acceptedDate"], row["symbol"]), reverse=True)
+    return rows[page * limit : (page + 1) * limit]
+
+
 _RowBuilder = Callable[[str, str, Mapping[str, str], SimulatorConfig, date], list[Row]]
 _BUILDERS: Final[Mapping[str, _RowBuilder]] = {
     **dict.fromkeys(_PRICE_ENDPOINTS, _price_rows),
@@ -1254,9 +1390,10 @@ class FmpSimulator:
                 "https://site.financialmodelingprep.com/developer/docs",
             )
         symbol = params.get("symbol", "")
+        market = endpoint in _MARKET_ENDPOINTS
         if endpoint in config.gated_endpoints:
             return config.endpoint_refusal.response(symbol)
-        if not symbol:
+        if not symbol and not market:
             return _error(400, "Invalid or missing query parameter - symbol")
         if "," in symbol:
             return _json_response(200, [])
@@ -1291,17 +1428,29 @@ class FmpSimulator:
                 status=200, body=_NOT_JSON_HTML, headers={"Content-Type": JSON_CONTENT_TYPE}
             )
 
-        if symbol in config.unknown_symbols:
+        content_type = JSON_CONTENT_TYPE
+        if symbol in config.unknown_symbols and not market:
             body = b"[]"
         else:
             try:
-                body = self._body(symbol, endpoint, params, kinds)
+                if market:
+                    body, content_type = self._market_body(endpoint, params)
+                else:
+                    body = self._body(symbol, endpoint, params, kinds)
             except _ParamError as refused:
                 return refused.response
         if "truncated" in kinds:
             # Cut inside the document; Content-Length matches, so only the JSON is broken.
             body = body[: max(1, len(body) // 2)]
-        return web.Response(status=200, body=body, headers={"Content-Type": JSON_CONTENT_TYPE})
+        return web.Response(status=200, body=body, headers={"Content-Type": content_type})
+
+    def _market_body(self, endpoint: str, params: Mapping[str, str]) -> tuple[bytes, str]:
+        today = self._today()
+        if endpoint == EOD_BULK_ENDPOINT:
+            return _eod_bulk_body(params, self.config, today), CSV_CONTENT_TYPE
+        build = _splits_calendar_rows if endpoint == SPLITS_CALENDAR_ENDPOINT else _filings_rows
+        rows = build(params, self.config, today)
+        return json.dumps(rows, separators=(",", ":")).encode(), JSON_CONTENT_TYPE
 
     def _body(
         self, symbol: str, endpoint: str, params: Mapping[str, str], kinds: frozenset[FaultKind]
@@ -1429,14 +1578,31 @@ def _parse_args(argv: Sequence[str] | None) -> argparse.Namespace:
     parser.add_argument(
         "--window-seconds", type=float, default=60.0, help="rate-limit window (default 60)"
     )
+    parser.add_argument(
+        "--market",
+        help="CSV with a `symbol` column: the symbols the whole-market endpoints list "
+        "(default: the 30 Dow members)",
+    )
+    parser.add_argument("--today", help="the simulated day, YYYY-MM-DD (default: New York's)")
     return parser.parse_args(argv)
 
 
 def main(argv: Sequence[str] | None = None) -> None:
     """Serve until Ctrl-C: `python -m stock_pipeline.simulator --port 8765 --rate-limit 300`."""
     args = _parse_args(argv)
+    market = None
+    if args.market:
+        from pathlib import Path
+
+        from stock_pipeline.config import read_tickers
+
+        market = read_tickers(Path(args.market))
     config = SimulatorConfig(
-        api_key=args.api_key, rate_limit=args.rate_limit, window_seconds=args.window_seconds
+        api_key=args.api_key,
+        rate_limit=args.rate_limit,
+        window_seconds=args.window_seconds,
+        market=market,
+        today=date.fromisoformat(args.today) if args.today else None,
     )
 
     async def run() -> None:

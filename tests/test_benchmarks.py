@@ -28,3 +28,20 @@ def test_the_backfill_benchmark_runs_side_by_side_with_its_floor(tmp_path: Path)
     assert figures["rows"] == 3 * 5 + 3
     assert figures["rate_limited_responses"] == 0
     assert figures["wall_to_floor"] > 0
+
+
+def test_the_nightly_benchmark_plans_a_month_of_nights(tmp_path: Path) -> None:
+    output = tmp_path / "nightly.json"
+    subprocess.run(
+        [
+            sys.executable, str(REPO / "benchmarks" / "nightly.py"),
+            "--tickers", "40", "--start", "2025-01-02", "--end", "2025-02-14",
+            "--output", str(output),
+        ],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    figures = json.loads(output.read_text())
+    assert figures["first_night"] == 1 + 40 * 8  # eod-bulk, then every company in full
+    assert figures["before_every_night"] == 40 * 9
+    assert figures["median"] < figures["before_every_night"]
+    assert figures["longest_days_between_full_refreshes"] <= 31

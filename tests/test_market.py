@@ -1,0 +1,263 @@
+"""Whole-market endpoints: prices from eod-bulk, the fallback when the plan refuses it, and the
+CSV's quirks, against the simulator over HTTP."""
+
+from __future__ import annotations
+
+import datetime as dt
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+from stock_pipeline.datasets import DATASETS
+from stock_pipeline.errors import ExitCode
+from stock_pipeline.lake import LocalLake, read_dataset
+from stock_pipeline.market_calendar import sessions_between
+from stock_pipeline.normalize import read_market_answer
+from stock_pipeline.pipeline import RunReport, run_ingest
+from stock_pipeline.plan import MARKET, plan_run
+from stock_pipeline.simulator import EOD_BULK_ENDPOINT, Fault
+from tests.conftest import SimulatorFactory
+from tests.test_pipeline import STARTED, fmp_client
+
+SYMBOLS = ("AAPL", "MSFT", "KO", "BRK-B")
+START, END = dt.date(2025, 3, 3), dt.date(2025, 3, 14)
+TODAY = dt.date(2025, 3, 15)
+MARKET_SYMBOLS = (*SYMBOLS, "SAP.DE", "NOT-MINE", "ZZZ")
+PRICE_COLUMNS = [c.name for c in DATASETS["prices"].columns]
+
+
+async def _ingest(
+    url: str, lake: LocalLake, source: str, symbols: tuple[str, ...] = SYMBOLS
+) -> RunReport:
+    plan = plan_run(
+        run_id=f"20250315T020000Z-{source}",
+        symbols=symbols,
+        datasets=("prices",),
+        start=START,
+        end=END,
+        prices_source=source,  # type: ignore[arg-type]
+    )
+    async with fmp_client(url) as client:
+        return await run_ingest(plan, client=client, lake=lake, started_at=STARTED)
+
+
+def _prices(lake: LocalLake) -> pl.DataFrame:
+    return read_dataset(lake, DATASETS["prices"]).select(PRICE_COLUMNS).sort("symbol", "date")
+
+
+async def test_bulk_prices_equal_the_per_symbol_rows_session_for_session(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    bulk_lake, symbol_lake = LocalLake(tmp_path / "bulk"), LocalLake(tmp_path / "symbol")
+    async with fmp_server(today=TODAY, market=MARKET_SYMBOLS) as (url, simulator):
+        bulk = await _ingest(url, bulk_lake, "bulk")
+        per_symbol = await _ingest(url, symbol_lake, "symbol")
+    sessions = sessions_between(START, END)
+    assert bulk.status == per_symbol.status == "ok"
+    endpoints = [r.endpoint for r in simulator.requests]
+    assert endpoints.count(EOD_BULK_ENDPOINT) == len(sessions) == 10
+    assert endpoints.count("historical-price-eod/full") == len(SYMBOLS)
+    from_bulk, from_symbols = _prices(bulk_lake), _prices(symbol_lake)
+    # Every column equal, the derived change, change percent and vwap included; other symbols
+    # of the market answer are not kept.
+    assert from_bulk.height == len(SYMBOLS) * len(sessions)
+    assert from_bulk.equals(from_symbols)
+    assert from_bulk["change_percent"].null_count() == 0
+    # Files are partitioned by session either way, one per session.
+    assert sorted(f.partition for f in bulk.files) == sorted(f.partition for f in per_symbol.files)
+    manifest = json.loads(bulk_lake.read_file(f"_runs/{bulk.run_id}.json"))
+    assert manifest["sources"]["prices"]["endpoint"] == EOD_BULK_ENDPOINT
+    assert manifest["sources"]["prices"]["requests"] == 10
+    assert bulk.gaps == {}
+
+
+async def test_auto_takes_bulk_only_when_it_costs_fewer_requests() -> None:
+    def plan(start: dt.date, symbols: tuple[str, ...]) -> tuple[int, bool]:
+        built = plan_run(
+            run_id="r",
+            symbols=symbols,
+            datasets=("prices", "adjusted_prices"),
+            start=start,
+            end=END,
+            prices_source="auto",
+        )
+        prices = [r for r in built.requests if r.dataset == "prices"]
+        adjusted = [r for r in built.requests if r.dataset == "adjusted_prices"]
+        assert not any(r.market for r in adjusted)  # eod-bulk has no dividend-adjusted bars
+        return len(prices), all(r.market for r in prices)
+
+    assert plan(END, SYMBOLS) == (1, True)  # a night: one request for the market
+    assert plan(START, SYMBOLS) == (4, False)  # ten sessions of four symbols: per symbol
+    assert plan(START, tuple(f"S{i}" for i in range(11))) == (10, True)
+
+
+async def test_a_plan_without_eod_bulk_falls_back_to_per_symbol_and_says_so(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = LocalLake(tmp_path)
+    async with fmp_server(
+        today=TODAY, market=MARKET_SYMBOLS, gated_endpoints=frozenset({EOD_BULK_ENDPOINT})
+    ) as (url, simulator):
+        plan = plan_run(
+            run_id="20250315T020000Z-auto",
+            symbols=SYMBOLS,
+            datasets=("prices",),
+            start=END,
+            end=END,
+            prices_source="auto",
+        )
+        assert [r.symbol for r in plan.requests] == [MARKET]
+        async with fmp_client(url) as client:
+            report = await run_ingest(plan, client=client, lake=lake, started_at=STARTED)
+    assert report.status == "ok", report.failures
+    assert report.exit_code is ExitCode.OK
+    assert next((r.endpoint, r.status) for r in simulator.requests) == (EOD_BULK_ENDPOINT, 402)
+    assert sum(r.endpoint == EOD_BULK_ENDPOINT for r in simulator.requests) == 1
+    assert sorted(r.params["symbol"] for r in simulator.requests[1:]) == sorted(SYMBOLS)
+    assert _prices(lake)["symbol"].to_list() == sorted(SYMBOLS)
+    manifest = json.loads(lake.read_file(f"_runs/{report.run_id}.json"))
+    source = manifest["sources"]["prices"]
+    assert source["endpoint"] == "historical-price-eod/full"
+    assert source["requests"] == len(SYMBOLS)
+    assert "eod-bulk refused by FMP's plan" in source["why"]
+    assert manifest["failures"] == []
+
+
+async def test_bulk_asked_for_and_refused_fails_the_range_for_the_next_run(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = LocalLake(tmp_path)
+    async with fmp_server(
+        today=TODAY, market=MARKET_SYMBOLS, gated_endpoints=frozenset({EOD_BULK_ENDPOINT})
+    ) as (url, _):
+        report = await _ingest(url, lake, "bulk")
+    assert report.status == "partial"
+    assert {(f.dataset, f.symbol, f.retryable) for f in report.failures} == {("prices", None, True)}
+    assert "not in the FMP plan" in report.failures[0].error
+    assert not [f for f in report.files if f.kind == "raw"]
+
+
+async def test_a_broken_bulk_answer_is_retried_then_recorded(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = LocalLake(tmp_path)
+    faults = {"*": (Fault(kind="server_error", times=1, endpoint=EOD_BULK_ENDPOINT),)}
+    async with fmp_server(today=TODAY, market=MARKET_SYMBOLS, faults=faults) as (url, simulator):
+        report = await _ingest(url, lake, "bulk")
+    assert report.status == "ok"
+    assert simulator.status_counts() == {503: 1, 200: 10}
+    assert _prices(lake).height == len(SYMBOLS) * 10
+
+
+_BULK_HEADER = "symbol,date,open,low,high,close,adjClose,volume"
+
+
+@pytest.mark.parametrize(
+    ("body", "volumes"),
+    [
+        # FMP's quirks: a byte-order mark, fractional volumes, a trailing comma on every line.
+        (
+            f"\ufeff{_BULK_HEADER}\nAAPL,2025-03-14,211.25,209.58,213.95,213.49,213.49,"
+            "60107582.0\nSAP.DE,2025-03-14,248.1,246.35,252.2,251.45,251.45,1812033\n",
+            ["60107582.0"],
+        ),
+        (
+            f"{_BULK_HEADER},\nAAPL,2025-03-14,211.25,209.58,213.95,213.49,213.49,60107582,\n",
+            ["60107582"],
+        ),
+    ],
+)
+def test_the_bulk_csv_reads_as_the_per_symbol_answer(body: str, volumes: list[str]) -> None:
+    frame = read_market_answer(DATASETS["prices"], body.encode(), {"AAPL"})
+    assert isinstance(frame, pl.DataFrame)
+    assert frame.columns == [
+        "symbol",
+        "date",
+        "open",
+        "high",
+        "low",
+        "close",
+        "volume",
+        "change",
+        "changePercent",
+        "vwap",
+    ]
+    assert frame["symbol"].to_list() == ["AAPL"]
+    assert frame["volume"].to_list() == volumes
+    # FMP's own AAPL row for the session says change 2.24, changePercent 1.06036, vwap 212.0675.
+    assert frame.row(0)[7:] == (2.24, 1.06036, 212.0675)
+
+
+def test_a_bulk_answer_without_its_header_is_refused() -> None:
+    with pytest.raises(ValueError, match="without adjClose, volume"):
+        read_market_answer(
+            DATASETS["prices"], b"symbol,date,open,low,high,close\nAAPL,2025-03-14,1,1,1,1\n", {}
+        )
+
+
+async def test_splits_from_the_calendar_equal_the_per_symbol_history_in_its_range(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    symbols = ("AAPL", "AMGN", "SHW", "KO", "MSFT", "NVDA", "WMT")
+    start, end = dt.date(2016, 1, 4), dt.date(2025, 3, 14)
+
+    async def land(lake: LocalLake, calendar: bool) -> RunReport:
+        plan = plan_run(
+            run_id=f"20250315T020000Z-{calendar}",
+            symbols=symbols,
+            datasets=("splits",),
+            start=start,
+            end=end,
+            companies={},
+            splits_calendar=calendar,
+        )
+        async with fmp_client(url) as client:
+            return await run_ingest(plan, client=client, lake=lake, started_at=STARTED)
+
+    calendar_lake, symbol_lake = LocalLake(tmp_path / "c"), LocalLake(tmp_path / "s")
+    async with fmp_server(today=TODAY, market=(*symbols, "NOT-MINE")) as (url, simulator):
+        from_calendar = await land(calendar_lake, True)
+        async with fmp_client(url) as client:
+            history = plan_run(
+                run_id="20250315T020000Z-history",
+                symbols=symbols,
+                datasets=("splits",),
+                start=start,
+                end=end,
+            )
+            await run_ingest(history, client=client, lake=symbol_lake, started_at=STARTED)
+    assert from_calendar.status == "ok"
+    assert [r.endpoint for r in simulator.requests].count("splits-calendar") == 1
+    columns = ["symbol", "date", "numerator", "denominator"]
+    calendar = read_dataset(calendar_lake, DATASETS["splits"]).select(columns).sort(columns)
+    per_symbol = read_dataset(symbol_lake, DATASETS["splits"]).select(columns)
+    in_range = per_symbol.filter(pl.col("date").is_between(start - dt.timedelta(days=7), end)).sort(
+        columns
+    )
+    assert calendar.height > 0
+    assert calendar.equals(in_range)
+
+
+async def test_a_plan_without_the_splits_calendar_gets_each_history_instead(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = LocalLake(tmp_path)
+    async with fmp_server(
+        today=TODAY, market=SYMBOLS, gated_endpoints=frozenset({"splits-calendar"})
+    ) as (url, simulator):
+        plan = plan_run(
+            run_id="20250315T020000Z-calendar",
+            symbols=SYMBOLS,
+            datasets=("splits",),
+            start=END,
+            end=END,
+            companies={},
+            splits_calendar=True,
+        )
+        async with fmp_client(url) as client:
+            report = await run_ingest(plan, client=client, lake=lake, started_at=STARTED)
+    assert report.status == "ok", report.failures
+    assert [r.endpoint for r in simulator.requests].count("splits") == len(SYMBOLS)
+    assert "splits-calendar refused" in report.sources["splits"]["why"]
