@@ -26,6 +26,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from typing import Any
 
 
 def free_port() -> int:
@@ -64,6 +65,11 @@ def main() -> None:
     parser.add_argument(
         "--floor", action="store_true", help="measure the fetch-and-discard floor first"
     )
+    parser.add_argument(
+        "--s3",
+        action="store_true",
+        help="land in S3: a moto server on 127.0.0.1, in a process of its own",
+    )
     parser.add_argument("--floor-worker", type=int, help=argparse.SUPPRESS)  # the simulator port
     args = parser.parse_args()
     if args.floor_worker:
@@ -87,19 +93,20 @@ def main() -> None:
         server.stdout.readline()  # the "listening" line
         if args.floor:
             floor = measure_floor(args, port)
+        s3 = start_s3() if args.s3 else None
         cpu_before = _children_cpu()
         with tempfile.TemporaryDirectory() as scratch:
             lake = args.keep_lake or Path(scratch) / "lake"
             cmd = [
                 sys.executable, "-m", "stock_pipeline", "ingest",
-                "--tickers-path", str(tickers), "--lake", str(lake),
+                "--tickers-path", str(tickers), "--lake", s3.uri if s3 else str(lake),
                 "--backfill-days", str(args.sessions), "--end", args.end,
                 "--datasets", args.datasets, "--rate-limit", str(args.rate_limit),
                 "--concurrency", str(args.concurrency),
                 "--prices-source", args.prices_source,
                 "--fmp-base-url", f"http://127.0.0.1:{port}",
             ]  # fmt: skip
-            env = {**os.environ, "FMP_API_KEY": "demo"}
+            env = {**os.environ, "FMP_API_KEY": "demo", **(s3.env if s3 else {})}
             started = time.perf_counter()
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             wall = time.perf_counter() - started
@@ -110,12 +117,17 @@ def main() -> None:
             if done.returncode != 0:
                 sys.stderr.write(done.stdout + done.stderr)
                 raise SystemExit(f"ingest exited {done.returncode}")
-            [manifest_path] = (lake / "_runs").glob("*.json")
-            manifest = json.loads(manifest_path.read_text())
+            if s3:
+                manifest = s3.manifest()
+            else:
+                [manifest_path] = (lake / "_runs").glob("*.json")
+                manifest = json.loads(manifest_path.read_text())
     finally:
         server.terminate()
         server.wait(timeout=10)
         universe.cleanup()
+        if s3:
+            s3.stop()
 
     summary = manifest["summary"]
     requests = sum(s["requests"] for s in summary.values())
@@ -126,6 +138,8 @@ def main() -> None:
         "rate_limit_per_minute": args.rate_limit,
         "server_limit_per_minute": args.server_limit,
         "concurrency": args.concurrency,
+        "lake": "s3 (moto on 127.0.0.1)" if args.s3 else "local",
+        "date": time.strftime("%Y-%m-%d"),
         "wall_seconds": round(wall, 1),
         "requests": requests,
         "requests_per_second": round(requests / wall, 1),
@@ -152,6 +166,62 @@ def main() -> None:
 def _children_cpu() -> float:
     usage = resource.getrusage(resource.RUSAGE_CHILDREN)
     return usage.ru_utime + usage.ru_stime
+
+
+class S3Server:
+    """A moto S3 server in a process of its own, with one bucket for the lake."""
+
+    def __init__(self) -> None:
+        port = free_port()
+        self.endpoint = f"http://127.0.0.1:{port}"
+        moto = Path(sys.executable).with_name("moto_server")
+        self.process = subprocess.Popen(
+            [str(moto), "-H", "127.0.0.1", "-p", str(port)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+        )
+        self.env = {
+            "AWS_ENDPOINT_URL": self.endpoint,
+            "AWS_ACCESS_KEY_ID": "testing",
+            "AWS_SECRET_ACCESS_KEY": "testing",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        }
+        self.uri = "s3://bench/lake"
+
+    def client(self) -> Any:
+        import boto3
+
+        return boto3.client(
+            "s3",
+            endpoint_url=self.endpoint,
+            region_name="us-east-1",
+            aws_access_key_id="testing",
+            aws_secret_access_key="testing",
+        )
+
+    def manifest(self) -> dict[str, Any]:
+        client = self.client()
+        [key] = [
+            o["Key"]
+            for o in client.list_objects_v2(Bucket="bench", Prefix="lake/_runs/")["Contents"]
+        ]
+        return json.loads(client.get_object(Bucket="bench", Key=key)["Body"].read())  # type: ignore[no-any-return]
+
+    def stop(self) -> None:
+        self.process.terminate()
+        self.process.wait(timeout=10)
+
+
+def start_s3() -> S3Server:
+    server = S3Server()
+    for _ in range(100):
+        try:
+            server.client().create_bucket(Bucket="bench")
+            return server
+        except Exception:  # not listening yet
+            time.sleep(0.1)
+    server.stop()
+    raise SystemExit("the moto S3 server did not start")
 
 
 def measure_floor(args: argparse.Namespace, port: int) -> dict[str, float]:

@@ -204,7 +204,7 @@ def _print_summary(report: RunReport) -> None:
             )
         if len(report.failures) > 20:
             out.print(f"  ... and {len(report.failures) - 20} more, all listed in the manifest")
-    if report.filings and "error" not in report.filings:
+    if report.filings and "rows" in report.filings:
         f = report.filings
         out.print(
             f"filings listing {f['from']} to {f['to']}: {f['rows']:,} rows, "
@@ -275,7 +275,7 @@ async def _execute(
 ) -> RunReport:
     import aiohttp
 
-    from stock_pipeline.errors import FmpError
+    from stock_pipeline.errors import FmpError, FmpPlanError
     from stock_pipeline.fmp import FmpClient, RequestPacer, RetryPolicy
     from stock_pipeline.pipeline import read_filings, run_ingest
 
@@ -316,6 +316,15 @@ async def _execute(
             note = {"from": first.isoformat(), "to": last.isoformat()}
             try:
                 filings, rows = await read_filings(client, first, last)
+            except FmpPlanError as refused:
+                # Not in this plan: the monthly rotation alone keeps statements fresh. Said each
+                # night, but not a failure of the night.
+                log.warning(
+                    "FMP's plan refuses the filings listing (%s): companies' statements are "
+                    "refreshed on their monthly turn only; --refresh fetches them all",
+                    refused,
+                )
+                note["refused"] = str(refused)
             except FmpError as error:
                 # The rest of the night still runs (a refused key aborts it at its first request,
                 # with the manifest saying so); the next run reads these days again.
@@ -324,7 +333,7 @@ async def _execute(
             else:
                 note["rows"] = rows
         plan = make_plan(filings)
-        if note is not None and "error" not in note:
+        if note is not None and "rows" in note:
             note["signalled"] = sum(
                 1 for r in plan.companies.values() if r.why not in ("new", "rotation")
             )
@@ -375,8 +384,11 @@ def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = 
             end=end, start=settings.start, backfill_days=settings.backfill_days, last_landed=last
         )
         _check_dates(start, end, completed)
-        # The day the run stands on: today, or the day after an --end in the past (a replay).
-        today = min(started.astimezone(NEW_YORK).date(), end + dt.timedelta(days=1))
+        # The day the run stands on: today in New York; a catch-up replayed with an --end in the
+        # past stands on the day after it. (A backfill fetches statements as they are today.)
+        today = started.astimezone(NEW_YORK).date()
+        if catch_up:
+            today = min(today, end + dt.timedelta(days=1))
         # A catch-up fetches companies per symbol only when something says they changed; a
         # backfill or --refresh fetches them all.
         selective = catch_up and not settings.refresh and bool(company_datasets(settings.datasets))
@@ -394,7 +406,7 @@ def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = 
                     start=start,
                     end=end,
                     period=settings.period,
-                    today=started.date(),
+                    today=today,
                     prices_source=settings.prices_source,
                     companies=companies,
                     splits_calendar=known,

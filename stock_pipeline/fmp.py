@@ -300,7 +300,15 @@ class FmpClient:
             gate=gate,
             raw="csv" if csv else True,
         )
-        assert isinstance(answer, bytes)
+        if isinstance(answer, list):  # JSON where CSV was expected: `[]` is no data
+            if answer:
+                raise FmpResponseError(
+                    "FMP sent JSON records where CSV was expected",
+                    dataset=dataset,
+                    symbol=symbol,
+                    url=self.display_url(endpoint, params),
+                )
+            return b""
         return answer
 
     async def fetch_records(

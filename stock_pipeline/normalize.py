@@ -10,6 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import io
 import json
+import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
@@ -41,6 +42,8 @@ __all__ = [
 _NULL_STRINGS = frozenset({"", "null", "None", "NaN", "nan"})
 _ROW = "__row"
 _TIMESTAMP_FORMAT = "%Y-%m-%d %H:%M:%S"
+_BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+_SPACED_KEY = re.compile(rb'"\s+:')
 
 
 @dataclass(frozen=True, slots=True, kw_only=True)
@@ -280,18 +283,47 @@ def _lineage(dataset: Dataset) -> tuple[Column, ...]:
     return tuple(c for c in dataset.file_columns if c.name.startswith("_"))
 
 
-def parse_array(body: bytes) -> pl.DataFrame | None:
+def parse_array(body: bytes, dataset: Dataset | None = None) -> pl.DataFrame | None:
     """A JSON array of records as a frame, one column per field (polars' reader, no Python
-    object per value); None when the reader cannot take it (the records path judges it)."""
+    object per value); None when the reader cannot take it (the records path judges it).
+
+    With `dataset`, an answer whose every key is one of the registry's fields (and with no
+    true or false, for a dataset without booleans) is read on the registry's types, which is
+    twice as fast as letting polars infer them; anything else is inferred."""
     if body.strip() == b"[]":
         return pl.DataFrame()
+    if dataset is not None and (schema := _wire_schema(dataset, body)) is not None:
+        try:
+            return pl.read_json(io.BytesIO(body), schema=schema)
+        except Exception:  # a value not of its field's type: inferred below, and judged
+            pass
     try:
         return pl.read_json(io.BytesIO(body), infer_schema_length=None)
     except Exception:  # any shape polars will not read: the exact, slower path decides
         return None
 
 
-_BYTE_ORDER_MARK = b"\xef\xbb\xbf"
+def _wire_schema(dataset: Dataset, body: bytes) -> dict[str, pl.DataType] | None:
+    """The polars schema to read `body` on, or None when it sends a key the registry does not
+    name (counted over the whole body: with a schema, polars would drop it silently) or a
+    boolean where the registry has none (polars would read it as 1.0)."""
+    sources = [c for c in dataset.columns if c.source]
+    if _SPACED_KEY.search(body):
+        return None  # a key written `"name" :` would escape the count
+    keys = body.count(b'":')
+    known = sum(body.count(b'"%s":' % c.source.encode()) for c in sources if c.source)
+    if keys != known:
+        return None
+    if not any(c.type is ColumnType.BOOL for c in sources) and (
+        b"true" in body or b"false" in body
+    ):
+        return None
+    wire: dict[ColumnType, pl.DataType] = {
+        ColumnType.FLOAT: pl.Float64(),
+        ColumnType.INT: pl.Float64(),
+        ColumnType.BOOL: pl.Boolean(),
+    }
+    return {c.source: wire.get(c.type, pl.String()) for c in sources if c.source}
 
 
 def read_market_answer(

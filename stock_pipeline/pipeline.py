@@ -12,6 +12,7 @@ import datetime as dt
 import json
 import logging
 import tempfile
+import threading
 import time
 from collections import defaultdict
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -67,8 +68,10 @@ __all__ = [
     "run_ingest",
 ]
 
-#: Normalize a dataset's records in batches of about this many, to keep memory flat on big backfills.
-NORMALIZE_BATCH_ROWS = 10_000
+#: Normalize a dataset's records in batches of about this many. A batch is spilled as a file per
+#: bucket of sessions, so small batches mean many small files (at 5,000 tickers, 10,000-row
+#: batches wrote 40,000 of them and cost a third more CPU); this many rows is about 15 MB.
+NORMALIZE_BATCH_ROWS = 100_000
 MANIFEST_VERSION = 1
 #: Requests between being sent and having their rows in a batch, per request slot of the client.
 WORK_PER_REQUEST_SLOT = 1
@@ -256,9 +259,9 @@ class _Answer:
         )
 
 
-def _read_answer(symbol: str, body: bytes) -> _Answer:
+def _read_answer(symbol: str, body: bytes, dataset: Dataset) -> _Answer:
     """Parse an answer off the event loop: columns by polars, or records when it cannot."""
-    frame = parse_array(body)
+    frame = parse_array(body, dataset)
     records = None if frame is not None else json.loads(body)
     return _Answer(symbol, body, frame, records)
 
@@ -297,6 +300,12 @@ class _DatasetState:
     finished: float = 0.0
     #: A file of this dataset did not land: no symbol of it counts as fetched.
     write_failed: bool = False
+    #: Symbols that failed for a reason that may pass (a refusal is the plan's, for good).
+    retry_symbols: set[str] = field(default_factory=set)
+    #: A whole-market request of this dataset failed.
+    market_failed: bool = False
+    #: FMP's plan refused the whole-market endpoint: every symbol is fetched on its own.
+    fell_back: bool = False
     tasks: dict[asyncio.Task[None], Request] = field(default_factory=dict)
     #: Tasks whose request was answered: a refusal never cancels them (their rows are landing).
     answered: set[asyncio.Task[None]] = field(default_factory=set)
@@ -371,6 +380,7 @@ class _Run:
         }
         #: Per symbol and period ("annual", "quarter"), the newest SEC acceptance fetched.
         self.accepted: dict[str, dict[str, dt.datetime]] = {}
+        self._accepted_lock = threading.Lock()
         self.failures: list[Failure] = []
         self.files: list[FileRecord] = []
         self.requests_total = len(plan.requests)
@@ -403,11 +413,18 @@ class _Run:
             )
         message = str(error) if isinstance(error, FmpError) else f"unexpected {reason}: {error}"
         rule = error.rule if isinstance(error, FmpPlanError) else None
+        if symbol == MARKET:
+            # A whole-market request stands for every symbol: catch-up reads None so.
+            symbol, retryable = None, True
         self.failures.append(
             Failure(state.dataset.name, symbol, reason, message, status, retryable, rule)
         )
         if symbol is not None:
             state.failed_symbols.add(symbol)
+            if retryable:
+                state.retry_symbols.add(symbol)
+        else:
+            state.market_failed = True
 
     async def _fetch(self, request: Request, window: tuple[dt.date, ...]) -> list[_Answer]:
         """One request's answers; a price answer at FMP's cap is split in two and fetched again."""
@@ -426,7 +443,7 @@ class _Run:
             gate=lambda: state.hold(request),
         )
         try:
-            answer = await asyncio.to_thread(_read_answer, request.symbol, body)
+            answer = await asyncio.to_thread(_read_answer, request.symbol, body, dataset)
         except json.JSONDecodeError:
             raise FmpResponseError(
                 "FMP sent a body that is not JSON", dataset=dataset.name, symbol=request.symbol
@@ -460,14 +477,24 @@ class _Run:
         body = await self.client.fetch_array(
             market.endpoint, params, dataset=dataset.name, csv=bool(market.csv_header)
         )
+        url = self.client.display_url(market.endpoint, params)
         try:
-            return await asyncio.to_thread(_read_market, dataset, body, self.symbols)
+            answer = await asyncio.to_thread(_read_market, dataset, body, self.symbols)
         except (ValueError, pl.exceptions.PolarsError) as error:
             raise FmpResponseError(
                 f"FMP's {market.endpoint} answer is not what it sends: {error}",
                 dataset=dataset.name,
-                url=self.client.display_url(market.endpoint, params),
+                url=url,
             ) from None
+        if market.span == "date" and not answer.height:
+            # A session's file without one of our symbols: not published yet, or cut short.
+            raise FmpResponseError(
+                f"FMP's {market.endpoint} had no row for any of the {len(self.symbols):,} "
+                f"symbols on {params.get('date')}; the next run fetches it again",
+                dataset=dataset.name,
+                url=url,
+            )
+        return answer
 
     async def _settle(
         self, state: _DatasetState, request: Request, error: FmpPlanError
@@ -556,7 +583,7 @@ class _Run:
         except FmpPlanError as error:
             if request.market:
                 # The endpoint, not the dataset: per-symbol requests of it still go out.
-                self._fail(state, None, error, retryable=True)
+                self._fail(state, MARKET, error)
                 return
             if error.scope in ("dataset", "parameters") and state.refusal_for(request) is None:
                 state.refuse(error)
@@ -627,10 +654,11 @@ class _Run:
             .agg(pl.col("accepted_date").max())
             .drop_nulls()
         )
-        for symbol, period, accepted in newest.iter_rows():
-            landed = self.accepted.setdefault(symbol, {})
-            if accepted > landed.get(period, _EPOCH):
-                landed[period] = accepted
+        with self._accepted_lock:  # batches normalize in several threads at once
+            for symbol, period, accepted in newest.iter_rows():
+                landed = self.accepted.setdefault(symbol, {})
+                if accepted > landed.get(period, _EPOCH):
+                    landed[period] = accepted
 
     def companies(self) -> dict[str, dict[str, Any]]:
         """The manifest's `companies`: every symbol whose per-symbol company requests all landed,
@@ -638,7 +666,8 @@ class _Run:
         landed: dict[str, dict[str, Any]] = {}
         for symbol, refresh in self.plan.companies.items():
             states = [self.states[name] for name in refresh.datasets]
-            if any(s.write_failed or symbol in s.failed_symbols for s in states):
+            # As for the catch-up, a refusal by the plan counts as done: it will be refused again.
+            if any(s.write_failed or symbol in s.retry_symbols for s in states):
                 continue
             accepted = self.accepted.get(symbol, {})
             landed[symbol] = {
@@ -739,21 +768,63 @@ class _Run:
             return requests
         before = len(self.failures)
         await self._run_request(market[0])
-        refused = [f for f in self.failures[before:] if f.reason == FmpPlanError.__name__]
+        name = state.dataset.name
+        # Other datasets run meanwhile: only this dataset's whole-market failure decides.
+        refused = [
+            f
+            for f in self.failures[before:]
+            if f.dataset == name and f.symbol is None and f.reason == FmpPlanError.__name__
+        ]
         if not refused:
             return [r for r in requests if r is not market[0]]
-        del self.failures[before:]
+        self.failures = [f for f in self.failures if all(f is not r for r in refused)]
+        state.market_failed = False
+        state.fell_back = True
         log.warning(
             "%s: FMP's plan refuses %s; fetching per symbol instead",
             state.dataset.name, source.endpoint,
         )  # fmt: skip
-        self.requests_total += len(source.fallback) - len(market)
+        # The refused request is done; the other market requests give way to the fallback.
+        self.requests_total += len(source.fallback) - (len(market) - 1)
         self.sources[state.dataset.name] = {
             "endpoint": state.dataset.endpoint,
             "requests": len(source.fallback),
             "why": f"{source.endpoint} refused by FMP's plan ({refused[0].error})",
         }
         return [r for r in requests if not r.market] + list(source.fallback)
+
+    def _top_up(self, state: _DatasetState) -> list[Request]:
+        """Per-symbol requests for the symbols a whole-market price answer left out (indices,
+        listings the bulk file does not carry), when the plan allows a fallback and some
+        session's answer came."""
+        name = state.dataset.name
+        source = self.plan.sources.get(name)
+        market = state.dataset.market
+        if (
+            source is None
+            or not source.fallback
+            or market is None
+            or market.span != "date"
+            or state.fell_back
+            or not state.symbols_with_rows
+        ):
+            return []
+        missing = self.symbols - state.symbols_with_rows
+        if not missing:
+            return []
+        log.info(
+            "%s: %d symbols not in %s; fetching them per symbol",
+            name,
+            len(missing),
+            market.endpoint,
+        )
+        self.sources[name] = {
+            **self.sources[name],
+            "per_symbol": sorted(missing),
+            "requests": self.sources[name]["requests"]
+            + sum(1 for r in source.fallback if r.symbol in missing),
+        }
+        return [r for r in source.fallback if r.symbol in missing]
 
     async def run(self) -> tuple[list[DatasetSummary], dict[str, dict[str, tuple[dt.date, ...]]]]:
         by_dataset: dict[str, list[Request]] = defaultdict(list)
@@ -765,6 +836,10 @@ class _Run:
             requests = await self._market_or_fallback(state, by_dataset[name])
             async with asyncio.TaskGroup() as group:
                 state.tasks = {group.create_task(self._run_request(r)): r for r in requests}
+            if topping := self._top_up(state):
+                self.requests_total += len(topping)
+                async with asyncio.TaskGroup() as group:
+                    state.tasks = {group.create_task(self._run_request(r)): r for r in topping}
             gaps = await self._land(state)
             stats = self.client.stats.get(name)
             files = [f for f in self.files if f.dataset == name]
@@ -876,8 +951,11 @@ def _filing(record: Mapping[str, Any]) -> Filing | None:
     if not (isinstance(symbol, str) and symbol and isinstance(form, str) and accepted):
         return None
     try:
-        when = dt.datetime.strptime(str(accepted)[:19], "%Y-%m-%d %H:%M:%S")
+        when = dt.datetime.strptime(str(accepted)[:19].replace("T", " "), "%Y-%m-%d %H:%M:%S")
     except ValueError:
+        log.warning(
+            "filings listing: %s %s has an unreadable acceptedDate %r", symbol, form, accepted
+        )
         return None
     return Filing(symbol.upper(), form.strip(), when.replace(tzinfo=NEW_YORK).astimezone(dt.UTC))
 

@@ -171,9 +171,10 @@ ROTATION_DAYS = 25
 OVERDUE_DAYS = 28
 #: The night's requests fit in this many minutes at the run's pace; the rotation waits beyond.
 NIGHT_MINUTES = 15
-#: The filings listing is read again this many days before the end of the last one read, for
-#: filings FMP lists late.
-FILINGS_OVERLAP_DAYS = 3
+#: The filings listing is read again this many days before the end of the last one read: for
+#: filings FMP lists late, statements FMP has not caught up with, fetches that failed and annual
+#: statements a busy night deferred.
+FILINGS_OVERLAP_DAYS = 10
 #: How far back the first listing reads when no run read one before.
 FILINGS_FIRST_DAYS = 7
 #: Forms whose figures FMP's statements carry, and the statement periods each one changes.
@@ -263,7 +264,7 @@ def filings_window(
         for m in manifests
         if m.get("status") in ("ok", "partial")
         and m.get("filings")
-        and "error" not in m["filings"]
+        and "rows" in m["filings"]
         and (not mine or not mine.isdisjoint(m.get("symbols", ())))
     ]
     start = (
@@ -271,13 +272,15 @@ def filings_window(
         if ends
         else today - dt.timedelta(days=FILINGS_FIRST_DAYS)
     )
+    # Beyond a full rotation back, every company is refreshed anyway.
+    start = max(start, today - dt.timedelta(days=OVERDUE_DAYS))
     return min(start, today), today
 
 
 def rotation_day(symbol: str, today: dt.date) -> dt.date:
     """The newest day up to `today` that is the symbol's rotation day (one in ROTATION_DAYS,
     by a hash of the symbol, so a universe's refreshes spread evenly over the days)."""
-    slot = _shard_of(symbol, ROTATION_DAYS)
+    slot = _shard_of(f"rotation:{symbol}", ROTATION_DAYS)  # salted: not aligned with the shards
     return today - dt.timedelta(days=(today.toordinal() - slot) % ROTATION_DAYS)
 
 

@@ -181,7 +181,7 @@ def test_company_records_fold_the_manifests() -> None:
             "companies": {
                 "AAPL": {"full": False, "accepted": {"quarter": "2025-10-30T20:00:00+00:00"}}
             },
-            "filings": {"from": "2025-10-25", "to": "2025-11-02"},
+            "filings": {"from": "2025-10-25", "to": "2025-11-02", "rows": 12},
         },
     ]
     records = company_records(manifests)
@@ -190,12 +190,32 @@ def test_company_records_fold_the_manifests() -> None:
         {"annual": _accepted("2025-02-01 20:00:00"), "quarter": _accepted("2025-10-30 20:00:00")},
     )
     assert records["MSFT"] == CompanyRecord(None, {})
-    assert filings_window(manifests, TODAY) == (dt.date(2025, 10, 30), TODAY)
+    # Ten days before the end of the last listing read, for what has not landed since.
+    assert filings_window(manifests, TODAY) == (dt.date(2025, 10, 23), TODAY)
     assert filings_window([], TODAY) == (TODAY - dt.timedelta(days=7), TODAY)
+    # A listing that failed or was refused does not count as read.
+    failed = {**manifests[2], "filings": {"from": "2025-10-25", "to": "2025-11-04", "error": "x"}}
+    assert filings_window([*manifests, failed], TODAY) == (dt.date(2025, 10, 23), TODAY)
+    # Never more than a full rotation back: every company is refreshed by then anyway.
+    assert filings_window(manifests, dt.date(2026, 3, 1)) == (
+        dt.date(2026, 3, 1) - dt.timedelta(days=OVERDUE_DAYS),
+        dt.date(2026, 3, 1),
+    )
     # Runners sharing a lake each read from their own last listing.
     manifests[2]["symbols"] = ["AAPL", "MSFT"]
-    assert filings_window(manifests, TODAY, ["AAPL"]) == (dt.date(2025, 10, 30), TODAY)
+    assert filings_window(manifests, TODAY, ["AAPL"]) == (dt.date(2025, 10, 23), TODAY)
     assert filings_window(manifests, TODAY, ["KO"]) == (TODAY - dt.timedelta(days=7), TODAY)
+
+
+def test_rotation_days_do_not_line_up_with_the_shards() -> None:
+    from stock_pipeline.plan import shard_symbols
+
+    symbols = tuple(f"S{i:04d}" for i in range(5000))
+    for count in (4, 5, 10):
+        for index in range(1, count + 1):
+            days = Counter(rotation_day(s, TODAY) for s in shard_symbols(symbols, index, count))
+            assert len(days) == ROTATION_DAYS
+            assert max(days.values()) < 2 * 5000 / count / ROTATION_DAYS
 
 
 # --------------------------------------------------------------------------- nights of runs
@@ -261,8 +281,8 @@ def test_a_filing_listed_on_night_n_lands_on_night_n(tmp_path: Path, tickers: Pa
     night_before = filed - dt.timedelta(days=1)
     while night_before.weekday() >= 5:
         night_before -= dt.timedelta(days=1)
-    # Night 0: a backfill lands everything.
-    code, output, _ = _night(lake, tickers, night_before, "--backfill-days", "5")
+    # Night 0, on an empty lake: every company is new and lands in full.
+    code, output, _ = _night(lake, tickers, night_before)
     assert code == ExitCode.OK, output
     before = read_dataset(LocalLake(lake), DATASETS["income_statement"])
     assert str(accepted) not in {str(t) for t in before["accepted_date"].to_list()}
@@ -334,3 +354,57 @@ def test_an_unreadable_listing_makes_the_run_partial_and_the_next_one_reads_it_a
     # The failed night's days are read again: from before the last listing that was read.
     assert listing[0]["from"] <= str(day + dt.timedelta(days=1 - 3))
     assert json.dumps(manifests[-1]).count(API_KEY) == 0
+
+
+def test_a_refusal_by_the_plan_does_not_make_a_company_new_every_night(
+    tmp_path: Path, tickers: Path
+) -> None:
+    # A plan without quarterly statements: those requests are refused for good, so the
+    # companies count as fetched, and the next night schedules nobody.
+    lake = tmp_path / "lake"
+    day = dt.date(2025, 6, 10)
+    refused = frozenset({("period", "quarter")})
+    code, output, _ = _night(lake, tickers, day, gated_values=refused)
+    assert code == ExitCode.PARTIAL, output
+    manifest = read_manifests(LocalLake(lake))[0]
+    assert set(manifest["companies"]) == set(SYMBOLS)
+    assert all(c["why"] == "new" for c in manifest["companies"].values())
+    code, output, sent = _night(lake, tickers, day + dt.timedelta(days=1), gated_values=refused)
+    latest = max(read_manifests(LocalLake(lake)), key=lambda m: m["started_at"])
+    assert not [c for c in latest["companies"].values() if c["why"] == "new"]
+    rotated = {s for s in SYMBOLS if rotation_day(s, day + dt.timedelta(days=1)) > day}
+    assert {p["symbol"] for e, p in sent if e == "profile"} == rotated
+
+
+def test_a_backfill_stands_on_today_and_a_replayed_night_on_its_own_day(
+    tmp_path: Path, tickers: Path
+) -> None:
+    from stock_pipeline.market_calendar import NEW_YORK
+
+    lake = tmp_path / "lake"
+    day = dt.date(2025, 6, 10)
+    code, output, _ = _night(lake, tickers, day, "--backfill-days", "2")
+    assert code == ExitCode.OK, output
+    code, output, _ = _night(lake, tickers, day + dt.timedelta(days=1))
+    assert code == ExitCode.OK, output
+    manifests = sorted(read_manifests(LocalLake(lake)), key=lambda m: m["started_at"])
+    # The backfill fetched statements as they are now; the replayed night as of its day.
+    today = dt.datetime.now(NEW_YORK).date()
+    assert manifests[0]["parameters"]["as_of"] in (str(today), str(today - dt.timedelta(days=1)))
+    assert manifests[1]["parameters"]["as_of"] == str(day + dt.timedelta(days=1))
+
+
+def test_a_plan_without_the_filings_listing_still_runs_the_night(
+    tmp_path: Path, tickers: Path
+) -> None:
+    lake = tmp_path / "lake"
+    day = dt.date(2025, 6, 10)
+    code, output, _ = _night(lake, tickers, day)
+    assert code == ExitCode.OK, output
+    refused = frozenset({FILINGS_ENDPOINT})
+    code, output, sent = _night(lake, tickers, day + dt.timedelta(days=1), gated_endpoints=refused)
+    assert code == ExitCode.OK, output
+    assert [e for e, _ in sent].count(FILINGS_ENDPOINT) == 1
+    manifest = max(read_manifests(LocalLake(lake)), key=lambda m: m["started_at"])
+    assert "Restricted Endpoint" in manifest["filings"]["refused"]
+    assert manifest["failures"] == []

@@ -12,7 +12,7 @@ import pytest
 
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.errors import ExitCode
-from stock_pipeline.lake import LocalLake, read_dataset
+from stock_pipeline.lake import LocalLake, read_dataset, read_manifests
 from stock_pipeline.market_calendar import sessions_between
 from stock_pipeline.normalize import read_market_answer
 from stock_pipeline.pipeline import RunReport, run_ingest
@@ -29,13 +29,17 @@ PRICE_COLUMNS = [c.name for c in DATASETS["prices"].columns]
 
 
 async def _ingest(
-    url: str, lake: LocalLake, source: str, symbols: tuple[str, ...] = SYMBOLS
+    url: str,
+    lake: LocalLake,
+    source: str,
+    symbols: tuple[str, ...] = SYMBOLS,
+    start: dt.date = START,
 ) -> RunReport:
     plan = plan_run(
         run_id=f"20250315T020000Z-{source}",
         symbols=symbols,
         datasets=("prices",),
-        start=START,
+        start=start,
         end=END,
         prices_source=source,  # type: ignore[arg-type]
     )
@@ -261,3 +265,48 @@ async def test_a_plan_without_the_splits_calendar_gets_each_history_instead(
     assert report.status == "ok", report.failures
     assert [r.endpoint for r in simulator.requests].count("splits") == len(SYMBOLS)
     assert "splits-calendar refused" in report.sources["splits"]["why"]
+
+
+async def test_a_failed_bulk_session_holds_the_catch_up_back(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    from stock_pipeline.plan import last_landed_session
+
+    lake = LocalLake(tmp_path)
+    faults = {"*": (Fault(kind="server_error", endpoint=EOD_BULK_ENDPOINT),)}
+    async with fmp_server(today=TODAY, market=MARKET_SYMBOLS, faults=faults) as (url, _):
+        report = await _ingest(url, lake, "bulk")
+    assert report.status == "partial"
+    # The whole market failed, for a reason that may pass: every symbol is behind.
+    assert {(f.dataset, f.symbol, f.retryable) for f in report.failures} == {("prices", None, True)}
+    assert report.summaries[0].symbols_failed == 0  # no symbol called "*"
+    landed = last_landed_session(read_manifests(lake), symbols=SYMBOLS, datasets=("prices",))
+    assert landed is None or landed < START
+
+
+async def test_symbols_the_bulk_file_leaves_out_are_fetched_per_symbol(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = LocalLake(tmp_path)
+    # ^GSPC is not in the market's bulk file (as indices are not), the others are.
+    async with fmp_server(today=TODAY, market=SYMBOLS) as (url, simulator):
+        report = await _ingest(url, lake, "auto", (*SYMBOLS, "^GSPC"), start=END)
+    assert report.status == "ok", report.failures
+    per_symbol = [r.params["symbol"] for r in simulator.requests if "symbol" in r.params]
+    assert per_symbol == ["^GSPC"]
+    assert set(_prices(lake)["symbol"]) == {*SYMBOLS, "^GSPC"}
+    assert report.sources["prices"]["per_symbol"] == ["^GSPC"]
+    assert report.gaps == {}
+
+
+async def test_a_bulk_file_without_any_of_our_symbols_is_fetched_again(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    lake = LocalLake(tmp_path)
+    async with fmp_server(today=TODAY, market=("SAP.DE",)) as (url, simulator):
+        report = await _ingest(url, lake, "bulk")
+    assert report.status == "partial"
+    assert len(report.failures) == 10  # each session, for the next run
+    assert all(f.symbol is None and f.retryable for f in report.failures)
+    assert "had no row for any of the 4 symbols" in report.failures[0].error
+    assert not [r for r in simulator.requests if "symbol" in r.params]

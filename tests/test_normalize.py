@@ -577,9 +577,17 @@ def test_junk_statements_never_raise_and_nothing_is_lost(
 
 
 def both_ways(name: str, body: bytes) -> tuple[Normalized | None, Normalized]:
+    """The column-at-a-time result (read on the registry's types when the answer allows,
+    which must agree with inferring them) and the exact one."""
     frame = parse_array(body)
     assert frame is not None
     fast = normalize_frame(DATASETS[name], frame, CTX) if frame.width else None
+    typed = parse_array(body, DATASETS[name])
+    assert typed is not None
+    on_schema = normalize_frame(DATASETS[name], typed, CTX) if typed.width else None
+    assert (on_schema is None) == (fast is None), name
+    if fast is not None and on_schema is not None:
+        assert on_schema.rows.equals(fast.rows), name
     return fast, normalize(name, json.loads(body))
 
 
@@ -646,8 +654,29 @@ def test_the_simulators_answers_normalize_the_same_column_at_a_time() -> None:
 )
 def test_anything_but_a_plain_answer_goes_the_exact_way(records: list[dict[str, Any]]) -> None:
     body = json.dumps(records).encode()
-    frame = parse_array(body)  # None: polars cannot read it at all (`Infinity`)
-    assert frame is None or normalize_frame(DATASETS["prices"], frame, CTX) is None
+    for frame in (parse_array(body), parse_array(body, DATASETS["prices"])):
+        # None: polars cannot read it at all (`Infinity`)
+        assert frame is None or normalize_frame(DATASETS["prices"], frame, CTX) is None
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'[{"symbol":"AAPL","date":"2025-03-14","close":1.5,"newField":2}]',
+        b'[{"symbol":"AAPL","date":"2025-03-14","close":1.5,"newField" :2}]',
+        b'[{"symbol":"AAPL","date":"2025-03-14","close":true}]',
+        b'[{"symbol":"AAPL","date":"2025-03-14","close":1.5},'
+        b'{"symbol":"AAPL","date":"2025-03-13","close":1.5,"extra":{"a":1}}]',
+    ],
+)
+def test_reading_on_the_registrys_types_never_drops_a_key_or_takes_a_boolean(
+    body: bytes,
+) -> None:
+    # Reading on a schema, polars would drop an unknown key and read true as 1.0: such answers
+    # are inferred instead, so the exact path sees every key and every value as sent.
+    frame = parse_array(body, DATASETS["prices"])
+    assert frame is not None
+    assert frame.columns == parse_array(body).columns  # type: ignore[union-attr]
 
 
 def test_numbers_sent_as_text_normalize_the_same_column_at_a_time() -> None:
