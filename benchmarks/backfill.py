@@ -108,6 +108,7 @@ def main() -> None:
             ]  # fmt: skip
             env = {**os.environ, "FMP_API_KEY": "demo", **(s3.env if s3 else {})}
             started = time.perf_counter()
+            launched = time.time()
             done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
             wall = time.perf_counter() - started
             # Only the ingest has ended by now: the simulator's usage is not in these figures.
@@ -152,6 +153,9 @@ def main() -> None:
         "peak_rss_mib": round(peak_kib / 1024, 1),
         "ingest_cpu_seconds": round(ingest_cpu, 1),
         "ingest_cpu_ms_per_request": round(ingest_cpu / requests * 1000, 2),
+        # From the ingest's log: when its first and last request ended, so the landing after
+        # the last answer (one file per session needs every symbol in) shows on its own.
+        **phases(done.stderr, launched, wall),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
     if floor is not None:
@@ -161,6 +165,21 @@ def main() -> None:
     print(text)
     if args.output:
         args.output.write_text(text + "\n")
+
+
+def phases(log: str, launched: float, wall: float) -> dict[str, float]:
+    """Seconds from the ingest's launch to its last answer (its log's 100% line), and from
+    there to its end."""
+    import datetime as dt
+    import re
+
+    for match in re.finditer(r"^(\S+ \S+) \w+ progress: (\d+)/\2 requests", log, re.MULTILINE):
+        last = dt.datetime.strptime(match[1], "%Y-%m-%d %H:%M:%S,%f").timestamp()
+        return {
+            "to_last_answer_seconds": round(last - launched, 1),
+            "after_last_answer_seconds": round(wall - (last - launched), 1),
+        }
+    return {}
 
 
 def _children_cpu() -> float:

@@ -68,10 +68,11 @@ __all__ = [
     "run_ingest",
 ]
 
-#: Normalize a dataset's records in batches of about this many. A batch is spilled as a file per
-#: bucket of sessions, so small batches mean many small files (at 5,000 tickers, 10,000-row
-#: batches wrote 40,000 of them and cost a third more CPU); this many rows is about 15 MB.
-NORMALIZE_BATCH_ROWS = 100_000
+#: Normalize a dataset's answers in batches of about this many values (rows x columns). A batch is
+#: spilled as a file per bucket of sessions, so small batches mean many small files (at 5,000
+#: tickers, 10,000-row price batches wrote 40,000 of them and cost a third more CPU); counted in
+#: values, not rows, so a statement's 47 columns wait in batches as small as a price's 10.
+NORMALIZE_BATCH_VALUES = 1_000_000
 MANIFEST_VERSION = 1
 #: Requests between being sent and having their rows in a batch, per request slot of the client.
 WORK_PER_REQUEST_SLOT = 1
@@ -355,6 +356,9 @@ class _Run:
         self.progress = progress
         self.max_price_rows = max_price_rows
         self.writes = asyncio.Semaphore(write_concurrency)
+        #: One dataset lands at a time: a bucket of a wide dataset (a statement's 47 columns in
+        #: one file per run) is the largest thing a run holds, and several at once add up.
+        self.landing = asyncio.Semaphore(1)
         self.work = asyncio.Semaphore(WORK_PER_REQUEST_SLOT * client.concurrency)
         self.context = NormalizeContext(
             run_id=plan.run_id,
@@ -616,7 +620,7 @@ class _Run:
                 if rows:
                     state.symbols_with_rows.add(request.symbol)
             self.rows_fetched += rows
-            if state.pending_rows >= NORMALIZE_BATCH_ROWS:
+            if state.pending_rows * len(state.dataset.columns) >= NORMALIZE_BATCH_VALUES:
                 await self._flush(state)
         finally:
             if ticket:
@@ -735,21 +739,36 @@ class _Run:
             return to_arrow(ordered, schema), slices, present
 
         spilled = set(spill.buckets())
-        for bucket in sorted(spilled | set(sessions_by_bucket)):
-            if bucket in spilled:
-                table, slices, present = await asyncio.to_thread(prepare, bucket)
-                async with asyncio.TaskGroup() as group:
-                    for value, offset, length in slices:
-                        group.create_task(
-                            self._write(dataset.name, "raw", value, table.slice(offset, length))
-                        )
-                del table
-            else:
-                present = pl.DataFrame(schema={"symbol": pl.String, "date": pl.Date})
-            if prices:
-                missing.append(
-                    _missing(present, sessions_by_bucket.get(bucket, []), state.ok_symbols)
-                )
+        buckets = sorted(spilled | set(sessions_by_bucket))
+
+        def prepared(index: int) -> asyncio.Task[Any] | None:
+            if index >= len(buckets) or buckets[index] not in spilled:
+                return None
+            return asyncio.create_task(asyncio.to_thread(prepare, buckets[index]))
+
+        # The next bucket is read and sorted while this one's files are written: two buckets
+        # in memory at most, both cores busy.
+        upcoming = prepared(0)
+        try:
+            for index, bucket in enumerate(buckets):
+                current, upcoming = upcoming, prepared(index + 1)
+                if current is not None:
+                    table, slices, present = await current
+                    async with asyncio.TaskGroup() as group:
+                        for value, offset, length in slices:
+                            group.create_task(
+                                self._write(dataset.name, "raw", value, table.slice(offset, length))
+                            )
+                    del table
+                else:
+                    present = pl.DataFrame(schema={"symbol": pl.String, "date": pl.Date})
+                if prices:
+                    missing.append(
+                        _missing(present, sessions_by_bucket.get(bucket, []), state.ok_symbols)
+                    )
+        finally:
+            if upcoming is not None:
+                upcoming.cancel()
         quarantine = pl.concat(state.quarantined) if state.quarantined else None
         if quarantine is not None and quarantine.height:
             await self._write(dataset.name, "quarantine", ingest_date, quarantine)
@@ -840,7 +859,8 @@ class _Run:
                 self.requests_total += len(topping)
                 async with asyncio.TaskGroup() as group:
                     state.tasks = {group.create_task(self._run_request(r)): r for r in topping}
-            gaps = await self._land(state)
+            async with self.landing:
+                gaps = await self._land(state)
             stats = self.client.stats.get(name)
             files = [f for f in self.files if f.dataset == name]
             quarantined = sum(f.height for f in state.quarantined)

@@ -448,6 +448,10 @@ def plan_run(
         every = Refresh(wanted, periods, "backfill", full=True)
         companies = dict.fromkeys(symbols, every) if wanted else {}
 
+    # One tuple of sessions per window, shared by every symbol's request (5,000 tickers x 1,260
+    # sessions would otherwise hold 6 million references).
+    windows = _price_windows(sessions, max_price_rows)
+
     def statement(name: str, symbol: str, p: str) -> Request:
         limit = str(_statement_limit(p, start, max(end, today or end)))
         return Request(name, symbol, (("symbol", symbol), ("period", p), ("limit", limit)))
@@ -458,7 +462,7 @@ def plan_run(
         for symbol in symbols:
             refresh = companies.get(symbol)
             if dataset.kind == "prices":
-                for window in _price_windows(sessions, max_price_rows):
+                for window in windows:
                     params = (("symbol", symbol), ("from", str(window[0])), ("to", str(window[-1])))
                     per_symbol.append(Request(name, symbol, params, window))
             elif refresh is None or name not in refresh.datasets:

@@ -156,6 +156,18 @@ async def test_a_broken_bulk_answer_is_retried_then_recorded(
 
 
 _BULK_HEADER = "symbol,date,open,low,high,close,adjClose,volume"
+FIXTURES = Path(__file__).resolve().parent / "fixtures" / "fmp"
+
+
+def test_fmps_bulk_row_reads_as_its_per_symbol_row() -> None:
+    # FMP's example eod-bulk file and per-symbol answer hold the same AAPL session.
+    body = (FIXTURES / "eod-bulk.csv").read_bytes()
+    [expected, *_] = json.loads((FIXTURES / "stable_historical-price-eod_full.json").read_text())
+    frame = read_market_answer(DATASETS["prices"], body, {"AAPL"})
+    assert isinstance(frame, pl.DataFrame)
+    assert frame.columns == list(expected)  # the per-symbol field order
+    [row] = frame.to_dicts()
+    assert {k: v if k in ("symbol", "date") else float(v) for k, v in row.items()} == expected
 
 
 @pytest.mark.parametrize(
@@ -173,21 +185,9 @@ _BULK_HEADER = "symbol,date,open,low,high,close,adjClose,volume"
         ),
     ],
 )
-def test_the_bulk_csv_reads_as_the_per_symbol_answer(body: str, volumes: list[str]) -> None:
+def test_the_bulk_csvs_quirks_are_absorbed(body: str, volumes: list[str]) -> None:
     frame = read_market_answer(DATASETS["prices"], body.encode(), {"AAPL"})
     assert isinstance(frame, pl.DataFrame)
-    assert frame.columns == [
-        "symbol",
-        "date",
-        "open",
-        "high",
-        "low",
-        "close",
-        "volume",
-        "change",
-        "changePercent",
-        "vwap",
-    ]
     assert frame["symbol"].to_list() == ["AAPL"]
     assert frame["volume"].to_list() == volumes
     # FMP's own AAPL row for the session says change 2.24, changePercent 1.06036, vwap 212.0675.
@@ -201,37 +201,37 @@ def test_a_bulk_answer_without_its_header_is_refused() -> None:
         )
 
 
+async def _land_splits(
+    url: str,
+    lake: LocalLake,
+    symbols: tuple[str, ...],
+    start: dt.date,
+    end: dt.date,
+    calendar: bool,
+) -> RunReport:
+    """Splits for `symbols`: the calendar for them all, or each one's history."""
+    plan = plan_run(
+        run_id=f"20250315T020000Z-{calendar}",
+        symbols=symbols,
+        datasets=("splits",),
+        start=start,
+        end=end,
+        companies={} if calendar else None,
+        splits_calendar=calendar,
+    )
+    async with fmp_client(url) as client:
+        return await run_ingest(plan, client=client, lake=lake, started_at=STARTED)
+
+
 async def test_splits_from_the_calendar_equal_the_per_symbol_history_in_its_range(
     fmp_server: SimulatorFactory, tmp_path: Path
 ) -> None:
     symbols = ("AAPL", "AMGN", "SHW", "KO", "MSFT", "NVDA", "WMT")
     start, end = dt.date(2016, 1, 4), dt.date(2025, 3, 14)
-
-    async def land(lake: LocalLake, calendar: bool) -> RunReport:
-        plan = plan_run(
-            run_id=f"20250315T020000Z-{calendar}",
-            symbols=symbols,
-            datasets=("splits",),
-            start=start,
-            end=end,
-            companies={},
-            splits_calendar=calendar,
-        )
-        async with fmp_client(url) as client:
-            return await run_ingest(plan, client=client, lake=lake, started_at=STARTED)
-
     calendar_lake, symbol_lake = LocalLake(tmp_path / "c"), LocalLake(tmp_path / "s")
     async with fmp_server(today=TODAY, market=(*symbols, "NOT-MINE")) as (url, simulator):
-        from_calendar = await land(calendar_lake, True)
-        async with fmp_client(url) as client:
-            history = plan_run(
-                run_id="20250315T020000Z-history",
-                symbols=symbols,
-                datasets=("splits",),
-                start=start,
-                end=end,
-            )
-            await run_ingest(history, client=client, lake=symbol_lake, started_at=STARTED)
+        from_calendar = await _land_splits(url, calendar_lake, symbols, start, end, True)
+        await _land_splits(url, symbol_lake, symbols, start, end, False)
     assert from_calendar.status == "ok"
     assert [r.endpoint for r in simulator.requests].count("splits-calendar") == 1
     columns = ["symbol", "date", "numerator", "denominator"]
@@ -247,21 +247,12 @@ async def test_splits_from_the_calendar_equal_the_per_symbol_history_in_its_rang
 async def test_a_plan_without_the_splits_calendar_gets_each_history_instead(
     fmp_server: SimulatorFactory, tmp_path: Path
 ) -> None:
-    lake = LocalLake(tmp_path)
-    async with fmp_server(
-        today=TODAY, market=SYMBOLS, gated_endpoints=frozenset({"splits-calendar"})
-    ) as (url, simulator):
-        plan = plan_run(
-            run_id="20250315T020000Z-calendar",
-            symbols=SYMBOLS,
-            datasets=("splits",),
-            start=END,
-            end=END,
-            companies={},
-            splits_calendar=True,
-        )
-        async with fmp_client(url) as client:
-            report = await run_ingest(plan, client=client, lake=lake, started_at=STARTED)
+    refused = frozenset({"splits-calendar"})
+    async with fmp_server(today=TODAY, market=SYMBOLS, gated_endpoints=refused) as (
+        url,
+        simulator,
+    ):
+        report = await _land_splits(url, LocalLake(tmp_path), SYMBOLS, END, END, True)
     assert report.status == "ok", report.failures
     assert [r.endpoint for r in simulator.requests].count("splits") == len(SYMBOLS)
     assert "splits-calendar refused" in report.sources["splits"]["why"]

@@ -295,7 +295,7 @@ async def test_a_refusal_never_drops_rows_that_already_arrived(
 ) -> None:
     # Every answer is normalized on its own, so answers are in flight to a batch when the
     # endpoint refusal arrives and cancels the requests still waiting.
-    monkeypatch.setattr(pipeline, "NORMALIZE_BATCH_ROWS", 1)
+    monkeypatch.setattr(pipeline, "NORMALIZE_BATCH_VALUES", 1)
     lake = LocalLake(tmp_path)
     symbols = tuple(f"S{i:02d}" for i in range(40))
     config = {
