@@ -336,7 +336,8 @@ def read_market_answer(
     assert market is not None, f"{dataset.name} has no whole-market endpoint"
     wanted = pl.DataFrame({"symbol": list(symbols)}, schema={"symbol": pl.String})
     if market.csv_header:
-        return _bulk_bars(_read_csv(body, market.csv_header).join(wanted, on="symbol", how="semi"))
+        rows = _read_csv(body, market.csv_header).join(wanted, on="symbol", how="semi")
+        return _bulk_bars(dataset, rows)
     frame = parse_array(body)
     if frame is None:
         records = json.loads(body)
@@ -365,29 +366,24 @@ def _read_csv(body: bytes, header: Sequence[str]) -> pl.DataFrame:
     return frame
 
 
-def _bulk_bars(frame: pl.DataFrame) -> pl.DataFrame:
-    """eod-bulk rows as `historical-price-eod/full` sends them: OHLC order, `adjClose` dropped,
-    and the three fields bulk leaves out derived the way FMP defines them (change = close - open,
-    rounded to cents; changePercent = change / open x 100, to 5 places; vwap = the mean of open,
-    high, low and close, to 4 places)."""
+def _bulk_bars(dataset: Dataset, frame: pl.DataFrame) -> pl.DataFrame:
+    """eod-bulk rows as the dataset's per-symbol endpoint sends them: its fields in its order,
+    `adjClose` dropped, and the three fields bulk leaves out derived the way FMP defines them
+    (change = close - open, rounded to cents; changePercent = change / open x 100, to 5 places;
+    vwap = the mean of open, high, low and close, to 4 places)."""
 
     def number(name: str) -> pl.Expr:
         return pl.col(name).str.strip_chars().cast(pl.Float64, strict=False)
 
     open_, high, low, close = (number(name) for name in ("open", "high", "low", "close"))
     change = (close - open_).round(2)
-    return frame.select(
-        "symbol",
-        "date",
-        "open",
-        "high",
-        "low",
-        "close",
-        "volume",
-        change.alias("change"),
-        (change / open_ * 100.0).round(5).alias("changePercent"),
-        ((open_ + high + low + close) / 4.0).round(4).alias("vwap"),
-    )
+    derived = {
+        "change": change,
+        "changePercent": (change / open_ * 100.0).round(5),
+        "vwap": ((open_ + high + low + close) / 4.0).round(4),
+    }
+    sources = [c.source for c in dataset.columns if c.source]
+    return frame.select(derived[f].alias(f) if f in derived else pl.col(f) for f in sources)
 
 
 _PLAIN_TYPES: Mapping[ColumnType, tuple[type[pl.DataType], ...]] = {
