@@ -691,7 +691,11 @@ class _Run:
         path = partition_path(info, value, self.plan.run_id, quarantine=quarantine)
 
         def encode_and_store() -> StoredFile:
-            body = encode_quarantine(data) if quarantine else encode_parquet(data)
+            if quarantine:
+                body = encode_quarantine(data)
+            else:
+                # A file per partition value in the data (a session) holds each symbol once.
+                body = encode_parquet(data, dictionary=not info.partition_in_data)
             return self.lake.write_file(path, body)
 
         async with self.writes:
