@@ -36,7 +36,7 @@ from stock_pipeline.plan import (
     requests_per_company,
     schedule_companies,
 )
-from stock_pipeline.simulator import SimulatorConfig, _filing, _filings_rows
+from stock_pipeline.simulator import _QUARTER_ENDS, SimulatorConfig, _filing, _filings_rows
 
 
 def newest_acceptance(
@@ -46,7 +46,7 @@ def newest_acceptance(
     `day` (the fourth quarter comes with the fiscal year's 10-K)."""
     newest: dict[str, dt.datetime] = {}
     for year in (day.year - 1, day.year):
-        for quarter, month_day in enumerate(((3, 31), (6, 30), (9, 30), (12, 31)), start=1):
+        for quarter, month_day in enumerate(_QUARTER_ENDS, start=1):
             label = "FY" if quarter == 4 else f"Q{quarter}"
             filed, accepted = _filing(symbol, year, label, dt.date(year, *month_day))
             if filed > day:
@@ -146,10 +146,7 @@ def main() -> None:
             previous = records.get(symbol, CompanyRecord()).refreshed
             if refresh.full and previous is not None:
                 longest_between_refreshes = max(longest_between_refreshes, (day - previous).days)
-        why = Counter(
-            r.why if r.why in ("new", "rotation", "backfill") else "filing"
-            for r in plan.companies.values()
-        )
+        why = Counter(r.reason for r in plan.companies.values())
         forms = Counter(
             f.form for f in filings if f.form in FILING_PERIODS and f.symbol in plan.companies
         )

@@ -7,6 +7,7 @@ import logging
 import os
 import sys
 import time
+from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
 from enum import StrEnum
@@ -45,6 +46,7 @@ from stock_pipeline.plan import (
     Plan,
     company_datasets,
     company_records,
+    every_company,
     filings_window,
     last_landed_session,
     new_run_id,
@@ -114,12 +116,7 @@ def _companies_line(plan: Plan) -> str:
     """How many companies get per-symbol requests, by reason."""
     if not plan.companies:
         return ""
-    reasons: dict[str, int] = {}
-    for refresh in plan.companies.values():
-        kind = (
-            refresh.why if refresh.why in ("new", "rotation", "backfill", "refresh") else "filing"
-        )
-        reasons[kind] = reasons.get(kind, 0) + 1
+    reasons = Counter(refresh.reason for refresh in plan.companies.values())
     parts = ", ".join(f"{count:,} {kind}" for kind, count in sorted(reasons.items()))
     return f"companies fetched per symbol: {len(plan.companies):,} ({parts})\n"
 
@@ -334,9 +331,7 @@ async def _execute(
                 note["rows"] = rows
         plan = make_plan(filings)
         if note is not None and "rows" in note:
-            note["signalled"] = sum(
-                1 for r in plan.companies.values() if r.why not in ("new", "rotation")
-            )
+            note["signalled"] = sum(r.reason == "filing" for r in plan.companies.values())
         log.info(
             "run %s: %d requests for %d symbols, %s to %s, into %s",
             plan.run_id, len(plan.requests), len(plan.symbols), plan.start, plan.end, lake.uri,
@@ -413,7 +408,11 @@ def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = 
                 )
 
             if not selective:
-                return build(None if not settings.refresh else _refresh_all(settings, symbols))
+                if settings.refresh:
+                    return build(
+                        every_company(symbols, settings.datasets, settings.period, "refresh")
+                    )
+                return build(None)
             fixed = len(build({}).requests)
             schedule = schedule_companies(
                 symbols=symbols,
@@ -448,14 +447,6 @@ def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = 
         raise _fail(error, error.exit_code, secret) from None
     _print_summary(report)
     return report.exit_code
-
-
-def _refresh_all(settings: Settings, symbols: Sequence[str]) -> dict[str, Any]:
-    from stock_pipeline.plan import Refresh
-
-    periods = ("annual", "quarter") if settings.period == "both" else (settings.period,)
-    every = Refresh(company_datasets(settings.datasets), periods, "refresh", full=True)
-    return dict.fromkeys(symbols, every)
 
 
 class _RedactingFormatter(logging.Formatter):

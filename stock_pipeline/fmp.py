@@ -216,25 +216,25 @@ _LIMIT_REACHED = "Limit Reach"
 _KEY_REFUSED = "Invalid API KEY"
 
 
+def _no_limit_or_key_words(text: str) -> bool:
+    """Nothing in `text` that means the rate limit or a refused key, whatever else it is."""
+    return _LIMIT_REACHED not in text and _KEY_REFUSED not in text
+
+
 def _plain_array(text: str) -> bool:
     """A data answer with nothing the error rules look for, closed (not cut off)."""
     stripped = text.strip()
-    return (
-        stripped.startswith("[")
-        and stripped.endswith("]")
-        and _LIMIT_REACHED not in text
-        and _KEY_REFUSED not in text
-    )
+    return stripped.startswith("[") and stripped.endswith("]") and _no_limit_or_key_words(text)
 
 
 def _plain_csv(text: str) -> bool:
-    """A CSV data answer: no JSON document, nothing the error rules look for."""
+    """A CSV data answer: no JSON document, nothing the error rules look for (a refusal's words
+    too: in CSV they cannot be a value inside an array)."""
     stripped = text.lstrip("\ufeff \t\r\n")
     return (
         bool(stripped)
         and not stripped.startswith(("[", "{"))
-        and _LIMIT_REACHED not in text
-        and _KEY_REFUSED not in text
+        and _no_limit_or_key_words(text)
         and not _PLAN_REFUSAL.search(text)
     )
 

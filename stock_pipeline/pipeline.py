@@ -303,8 +303,6 @@ class _DatasetState:
     write_failed: bool = False
     #: Symbols that failed for a reason that may pass (a refusal is the plan's, for good).
     retry_symbols: set[str] = field(default_factory=set)
-    #: A whole-market request of this dataset failed.
-    market_failed: bool = False
     #: FMP's plan refused the whole-market endpoint: every symbol is fetched on its own.
     fell_back: bool = False
     tasks: dict[asyncio.Task[None], Request] = field(default_factory=dict)
@@ -400,21 +398,13 @@ class _Run:
                 )
             )
 
-    def _fail(
-        self,
-        state: _DatasetState,
-        symbol: str | None,
-        error: BaseException,
-        *,
-        retryable: bool | None = None,
-    ) -> None:
+    def _fail(self, state: _DatasetState, symbol: str | None, error: BaseException) -> None:
         reason = type(error).__name__
         status = getattr(error, "status", None)
         # A 402 or another 4xx will be refused again tomorrow; everything else may pass.
-        if retryable is None:
-            retryable = not isinstance(error, FmpPlanError) and not (
-                type(error) is FmpError and status is not None and 400 <= status < 500
-            )
+        retryable = not isinstance(error, FmpPlanError) and not (
+            type(error) is FmpError and status is not None and 400 <= status < 500
+        )
         message = str(error) if isinstance(error, FmpError) else f"unexpected {reason}: {error}"
         rule = error.rule if isinstance(error, FmpPlanError) else None
         if symbol == MARKET:
@@ -427,8 +417,6 @@ class _Run:
             state.failed_symbols.add(symbol)
             if retryable:
                 state.retry_symbols.add(symbol)
-        else:
-            state.market_failed = True
 
     async def _fetch(self, request: Request, window: tuple[dt.date, ...]) -> list[_Answer]:
         """One request's answers; a price answer at FMP's cap is split in two and fetched again."""
@@ -645,7 +633,7 @@ class _Run:
         except Exception as error:  # nothing of this batch may land half-checked
             log.exception("could not normalize a batch of %s", state.dataset.name)
             for symbol in sorted({answer.symbol for answer in batch}):
-                self._fail(state, None if symbol == MARKET else symbol, error)
+                self._fail(state, symbol, error)  # MARKET's: every symbol's
             return
         if normalized.quarantine.height:
             state.quarantined.append(normalized.quarantine)
@@ -801,7 +789,6 @@ class _Run:
         if not refused:
             return [r for r in requests if r is not market[0]]
         self.failures = [f for f in self.failures if all(f is not r for r in refused)]
-        state.market_failed = False
         state.fell_back = True
         log.warning(
             "%s: FMP's plan refuses %s; fetching per symbol instead",

@@ -207,6 +207,10 @@ class CompanyRecord:
     accepted: Mapping[str, dt.datetime] = field(default_factory=dict)
 
 
+#: The reasons a company is fetched, besides a filing (whose reason names the form and time).
+REFRESH_REASONS = ("new", "rotation", "backfill", "refresh")
+
+
 @dataclass(frozen=True, slots=True)
 class Refresh:
     """A company's per-symbol requests in this run, and why."""
@@ -217,9 +221,31 @@ class Refresh:
     #: Every company dataset and period asked for: the monthly rotation counts it.
     full: bool
 
+    @property
+    def reason(self) -> str:
+        """`why` in one word: one of REFRESH_REASONS, or "filing" (a filing's, with or without
+        the rotation that came due the same night)."""
+        return self.why if self.why in REFRESH_REASONS else "filing"
+
 
 def company_datasets(datasets: Iterable[str]) -> tuple[str, ...]:
     return tuple(d for d in datasets if DATASETS[d].kind in COMPANY_KINDS)
+
+
+def statement_periods(period: str) -> tuple[str, ...]:
+    """The `period` values a statement dataset is asked for: `both` is annual and quarter."""
+    return ("annual", "quarter") if period == "both" else (period,)
+
+
+def every_company(
+    symbols: Iterable[str], datasets: Sequence[str], period: str, why: str
+) -> dict[str, Refresh]:
+    """Every symbol fetched in full (a backfill, `--refresh`), or nobody if no company dataset
+    is asked for."""
+    wanted = company_datasets(datasets)
+    if not wanted:
+        return {}
+    return dict.fromkeys(symbols, Refresh(wanted, statement_periods(period), why, full=True))
 
 
 def company_records(manifests: Iterable[Mapping[str, Any]]) -> dict[str, CompanyRecord]:
@@ -313,7 +339,7 @@ def schedule_companies(
     wanted = company_datasets(datasets)
     if not wanted:
         return {}
-    periods = ("annual", "quarter") if period == "both" else (period,)
+    periods = statement_periods(period)
     statements = tuple(d for d in wanted if DATASETS[d].kind == "statement")
     full_cost = requests_per_company(wanted, periods)
     new = [s for s in symbols if records.get(s, CompanyRecord()).refreshed is None]
@@ -442,11 +468,8 @@ def plan_run(
     sessions = tuple(sessions_between(start, end))
     requests: list[Request] = []
     sources: dict[str, Source] = {}
-    periods = ("annual", "quarter") if period == "both" else (period,)
     if companies is None:
-        wanted = company_datasets(datasets)
-        every = Refresh(wanted, periods, "backfill", full=True)
-        companies = dict.fromkeys(symbols, every) if wanted else {}
+        companies = every_company(symbols, datasets, period, "backfill")
 
     # One tuple of sessions per window, shared by every symbol's request (5,000 tickers x 1,260
     # sessions would otherwise hold 6 million references).
@@ -473,7 +496,8 @@ def plan_run(
                 per_symbol.append(Request(name, symbol, (("symbol", symbol),)))
         market = dataset.market
         if splits_calendar and market is not None and market.span == "range":
-            others = [s for s in symbols if s not in {r.symbol for r in per_symbol}]
+            with_history = {r.symbol for r in per_symbol}
+            others = [s for s in symbols if s not in with_history]
             if others:
                 span = (("from", str(start - dt.timedelta(days=7))), ("to", str(end)))
                 requests += [*per_symbol, Request(name, MARKET, span, market=True)]
