@@ -68,7 +68,7 @@ class Source:
     fallback: tuple[Request, ...] = ()
 
 
-@dataclass(frozen=True, slots=True)
+@dataclass(frozen=True, slots=True, repr=False)
 class Plan:
     """What a run will do, before it does any of it."""
 
@@ -93,6 +93,13 @@ class Plan:
 
     def estimated_minutes(self, rate_limit: int) -> float:
         return len(self.requests) / rate_limit
+
+    def __repr__(self) -> str:
+        # Short: a plan holds a request per symbol and dataset (45,000 at 5,000 tickers).
+        return (
+            f"Plan({self.run_id!r}, {self.start}..{self.end}, {len(self.symbols)} symbols, "
+            f"{len(self.requests)} requests)"
+        )
 
 
 def resolve_range(

@@ -381,6 +381,23 @@ async def test_the_manifest_is_written_after_every_data_file(
     assert len(lake.order) == 12  # ten price sessions, one profile file, the manifest
 
 
+async def test_a_report_and_its_plan_print_in_one_line_whatever_their_size(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    # asyncio.run formats its result's repr when the run ends (CPython issue 112559): a
+    # dataclass repr of every file and request cost seconds at 5,000 tickers.
+    symbols = tuple(f"S{i:03d}" for i in range(40))
+    async with fmp_server() as (url, _):
+        report = await ingest(url, LocalLake(tmp_path), symbols, ("prices", "profile"))
+    assert len(report.files) == 11 and len(report.plan.requests) == 80
+    assert repr(report) == (
+        "RunReport('20250315T020000Z-test', ok, 440 rows, 11 files, 0 failures)"
+    )
+    assert repr(report.plan) == (
+        "Plan('20250315T020000Z-test', 2025-03-03..2025-03-14, 40 symbols, 80 requests)"
+    )
+
+
 async def test_a_failed_file_write_makes_the_run_partial_and_is_listed(
     fmp_server: SimulatorFactory, tmp_path: Path
 ) -> None:
