@@ -13,6 +13,7 @@ import json
 import re
 from collections.abc import Collection, Mapping, Sequence
 from dataclasses import dataclass
+from functools import cache
 from typing import Any
 
 import polars as pl
@@ -292,38 +293,61 @@ def parse_array(body: bytes, dataset: Dataset | None = None) -> pl.DataFrame | N
     twice as fast as letting polars infer them; anything else is inferred."""
     if body.strip() == b"[]":
         return pl.DataFrame()
-    if dataset is not None and (schema := _wire_schema(dataset, body)) is not None:
+    if dataset is not None and not _misread_booleans(dataset, body):
         try:
-            return pl.read_json(io.BytesIO(body), schema=schema)
+            frame = pl.read_json(io.BytesIO(body), schema=_wire_schema(dataset))
         except Exception:  # a value not of its field's type: inferred below, and judged
-            pass
+            frame = None
+        if frame is not None and (_every_key_read(body, frame) or _every_key_known(dataset, body)):
+            return frame
     try:
         return pl.read_json(io.BytesIO(body), infer_schema_length=None)
-    except Exception:  # any shape polars will not read: the exact, slower path decides
+    except Exception:  # any shape polars will not read: the exact path decides
         return None
 
 
-def _wire_schema(dataset: Dataset, body: bytes) -> dict[str, pl.DataType] | None:
-    """The polars schema to read `body` on, or None when it sends a key the registry does not
-    name (counted over the whole body: with a schema, polars would drop it silently) or a
-    boolean where the registry has none (polars would read it as 1.0)."""
-    sources = [c for c in dataset.columns if c.source]
-    if _SPACED_KEY.search(body):
-        return None  # a key written `"name" :` would escape the count
-    keys = body.count(b'":')
-    known = sum(body.count(b'"%s":' % c.source.encode()) for c in sources if c.source)
-    if keys != known:
-        return None
-    if not any(c.type is ColumnType.BOOL for c in sources) and (
-        b"true" in body or b"false" in body
-    ):
-        return None
+@cache
+def _wire_schema(dataset: Dataset) -> dict[str, pl.DataType]:
+    """The polars schema FMP's answers are read on: numbers as floats (integers may be sent
+    as 1.0), everything else as text."""
     wire: dict[ColumnType, pl.DataType] = {
         ColumnType.FLOAT: pl.Float64(),
         ColumnType.INT: pl.Float64(),
         ColumnType.BOOL: pl.Boolean(),
     }
-    return {c.source: wire.get(c.type, pl.String()) for c in sources if c.source}
+    return {c.source: wire.get(c.type, pl.String()) for c in dataset.columns if c.source}
+
+
+def _misread_booleans(dataset: Dataset, body: bytes) -> bool:
+    """Whether `body` may hold a true or false that a schema without booleans reads as 1.0."""
+    if any(c.type is ColumnType.BOOL for c in dataset.columns if c.source):
+        return False
+    return b"true" in body or b"false" in body
+
+
+def _every_key_read(body: bytes, frame: pl.DataFrame) -> bool:
+    """Whether `frame`, read on a schema, holds every key of `body`: a check in a few scans of
+    the bytes that suits FMP's usual answer (every field in every row, no escapes).
+
+    Without a backslash, a quote never sits inside a string, so `":` ends a key, and when every
+    colon follows a quote no key is written `"name" :`: the count of `":` is then the number of
+    keys. Every cell filled means every row sent every schema field at least once; the counts
+    being equal leaves room for no other key."""
+    keys = body.count(b'":')
+    return (
+        b"\\" not in body
+        and body.count(b":") == keys == frame.height * frame.width
+        and not any(frame.null_count().row(0))
+    )
+
+
+def _every_key_known(dataset: Dataset, body: bytes) -> bool:
+    """Whether every key of `body` is one of the registry's fields, counted over the whole body
+    (with a schema, polars drops any other key silently): for answers with empty fields."""
+    if _SPACED_KEY.search(body):
+        return False  # a key written `"name" :` would escape the count
+    known = sum(body.count(b'"%s":' % source.encode()) for source in _wire_schema(dataset))
+    return body.count(b'":') == known
 
 
 def read_market_answer(

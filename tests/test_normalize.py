@@ -667,6 +667,13 @@ def test_anything_but_a_plain_answer_goes_the_exact_way(records: list[dict[str, 
         b'[{"symbol":"AAPL","date":"2025-03-14","close":true}]',
         b'[{"symbol":"AAPL","date":"2025-03-14","close":1.5},'
         b'{"symbol":"AAPL","date":"2025-03-13","close":1.5,"extra":{"a":1}}]',
+        # every field filled, and one more
+        json.dumps([price(newField=1)]).encode(),
+        json.dumps([price(newField=None)]).encode(),
+        # a known key written apart from its colon, an unknown one not
+        b'[{"symbol":"AAPL","date":"2025-03-14","close" :1.5,"newField":2}]',
+        # an escaped quote, so `":` may sit inside a string
+        json.dumps([price(symbol='A"":B', newField=1)]).encode(),
     ],
 )
 def test_reading_on_the_registrys_types_never_drops_a_key_or_takes_a_boolean(
