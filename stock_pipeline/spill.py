@@ -25,7 +25,7 @@ if TYPE_CHECKING:
 __all__ = ["BUCKET_ROWS", "Spill"]
 
 #: Rows of one bucket, the most a dataset holds in memory while it lands.
-BUCKET_ROWS = 100_000
+BUCKET_ROWS = 400_000
 _BUCKET = "__bucket"
 
 

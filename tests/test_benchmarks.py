@@ -18,7 +18,7 @@ def test_the_backfill_benchmark_runs_side_by_side_with_its_floor(tmp_path: Path)
         [
             sys.executable, str(REPO / "benchmarks" / "backfill.py"),
             "--tickers", "3", "--sessions", "5", "--datasets", "prices,profile",
-            "--floor", "--output", str(output),
+            "--floor", "--repeat", "2", "--output", str(output),
         ],
         check=True, capture_output=True, text=True, timeout=300,
     )  # fmt: skip
@@ -28,6 +28,7 @@ def test_the_backfill_benchmark_runs_side_by_side_with_its_floor(tmp_path: Path)
     assert figures["rows"] == 3 * 5 + 3
     assert figures["rate_limited_responses"] == 0
     assert figures["wall_to_floor"] > 0
+    assert len(figures["runs"]) == len(figures["floors"]) == len(figures["wall_to_floor_each"]) == 2
 
 
 def test_the_nightly_benchmark_plans_a_month_of_nights(tmp_path: Path) -> None:
