@@ -15,7 +15,7 @@ import tempfile
 import threading
 import time
 from collections import defaultdict
-from collections.abc import Callable, Iterable, Mapping, Sequence
+from collections.abc import Awaitable, Callable, Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Literal, TypeVar
@@ -269,6 +269,16 @@ class _Answer:
         )
 
 
+@dataclass(frozen=True, slots=True)
+class _Bucket:
+    """A bucket's rows on the file schema, sorted by partition: each partition's file is a
+    slice (value, offset, length); `present` holds its (symbol, date) pairs for the gaps."""
+
+    table: pa.Table
+    slices: list[tuple[dt.date, int, int]]
+    present: pl.DataFrame
+
+
 def _read_answer(symbol: str, body: bytes, dataset: Dataset) -> _Answer:
     """Parse an answer off the event loop: columns by polars, or records when it cannot."""
     frame = parse_array(body, dataset)
@@ -317,6 +327,19 @@ class _DatasetState:
     tasks: dict[asyncio.Task[None], Request] = field(default_factory=dict)
     #: Tasks whose request was answered: a refusal never cancels them (their rows are landing).
     answered: set[asyncio.Task[None]] = field(default_factory=set)
+    #: Batches being normalized and spilled.
+    flushing: set[asyncio.Future[Normalized]] = field(default_factory=set)
+    #: Sessions fetched one market file each land bucket by bucket while the rest is fetched
+    #: (see `_Run._stream`): per bucket, its session requests still out; None: land at the end.
+    sessions_left: dict[int, int] | None = None
+    #: Per-symbol requests for what the market file leaves out, still out: no bucket lands before.
+    top_ups_left: int = 0
+    #: The symbols kept from market answers (those fetched per symbol instead are not).
+    market_symbols: frozenset[str] | None = None
+    landed: set[int] = field(default_factory=set)
+    landings: list[asyncio.Task[None]] = field(default_factory=list)
+    #: Per landed bucket of a price dataset: the (symbol, session) pairs in range with no row.
+    missing: list[pl.DataFrame] = field(default_factory=list)
 
     def refusal_for(self, request: Request) -> FmpPlanError | None:
         """The refusal that already covers `request`, if any."""
@@ -479,8 +502,9 @@ class _Run:
             market.endpoint, params, dataset=dataset.name, csv=bool(market.csv_header)
         )
         url = self.client.display_url(market.endpoint, params)
+        symbols = self.states[dataset.name].market_symbols or self.symbols
         try:
-            answer = await asyncio.to_thread(_read_market, dataset, body, self.symbols)
+            answer = await asyncio.to_thread(_read_market, dataset, body, symbols)
         except (ValueError, pl.exceptions.PolarsError) as error:
             raise FmpResponseError(
                 f"FMP's {market.endpoint} answer is not what it sends: {error}",
@@ -558,6 +582,13 @@ class _Run:
             raise await self._settle(state, request, error) from None
 
     async def _run_request(self, request: Request) -> None:
+        """Fetch one request and keep its rows (or its failure); raises only to abort the run."""
+        await self._request(request)
+        state = self.states[request.dataset]
+        if state.sessions_left is not None:
+            self._stream(state, request)
+
+    async def _request(self, request: Request) -> None:
         state = self.states[request.dataset]
         ticket = False
         try:
@@ -637,13 +668,18 @@ class _Run:
                 self._note_accepted(normalized.rows)
             return normalized
 
+        # Registered before any await: a row is always either pending or in a flushing batch.
+        job = asyncio.ensure_future(asyncio.to_thread(normalize_and_spill))
+        state.flushing.add(job)
         try:
-            normalized = await asyncio.to_thread(normalize_and_spill)
+            normalized = await job
         except Exception as error:  # nothing of this batch may land half-checked
             log.exception("could not normalize a batch of %s", state.dataset.name)
             for symbol in sorted({answer.symbol for answer in batch}):
                 self._fail(state, symbol, error)  # MARKET's: every symbol's
             return
+        finally:
+            state.flushing.discard(job)
         if normalized.quarantine.height:
             state.quarantined.append(normalized.quarantine)
         state.duplicates += normalized.duplicates_dropped
@@ -696,56 +732,58 @@ class _Run:
             return self.lake.write_file(path, body)
 
         async with self.writes:
+            # Encoding inside the semaphore keeps at most a few Arrow copies alive at once; one
+            # trip to a worker thread per file.
+            job = asyncio.ensure_future(asyncio.to_thread(encode_and_store))
             try:
-                # Encoding inside the semaphore keeps at most a few Arrow copies alive at once;
-                # one trip to a worker thread per file.
-                stored = await asyncio.to_thread(encode_and_store)
-            except LakeError as error:
-                self.failures.append(Failure(dataset, None, "LakeWriteError", str(error)))
-                self.states[dataset].write_failed = True
-                return
-            except Exception as error:  # the file did not land; the run goes on and says so
-                self.states[dataset].write_failed = True
-                log.exception("could not write %s", path)
-                message = f"unexpected {type(error).__name__} writing {path}: {error}"
-                self.failures.append(Failure(dataset, None, type(error).__name__, message))
-                return
-        column = partition_column(info, quarantine=quarantine)
+                await asyncio.wait([job])  # never cancels the job
+            except asyncio.CancelledError:
+                # The run is aborting, but the thread writes the file anyway: wait for it, so
+                # the manifest lists every file in the lake.
+                await asyncio.wait([job])
+                self._record(dataset, kind, value, data, path, job)
+                raise
+        self._record(dataset, kind, value, data, path, job)
+
+    def _record(
+        self,
+        dataset: str,
+        kind: Literal["raw", "quarantine"],
+        value: dt.date,
+        data: Any,
+        path: str,
+        job: asyncio.Future[StoredFile],
+    ) -> None:
+        """A finished write: its file in the report, or its failure."""
+        error = job.exception()
+        if isinstance(error, LakeError):
+            self.failures.append(Failure(dataset, None, "LakeWriteError", str(error)))
+            self.states[dataset].write_failed = True
+            return
+        if error is not None:  # the file did not land; the run goes on and says so
+            self.states[dataset].write_failed = True
+            log.error("could not write %s", path, exc_info=error)
+            message = f"unexpected {type(error).__name__} writing {path}: {error}"
+            self.failures.append(Failure(dataset, None, type(error).__name__, message))
+            return
+        quarantine = kind == "quarantine"
+        column = partition_column(DATASETS[dataset], quarantine=quarantine)
         rows = data.height if quarantine else data.num_rows
-        self.files.append(FileRecord(dataset, kind, f"{column}={value}", rows, stored))
+        self.files.append(FileRecord(dataset, kind, f"{column}={value}", rows, job.result()))
         self._tick()
 
     async def _land(self, state: _DatasetState) -> dict[str, tuple[dt.date, ...]]:
-        """Land the dataset bucket by bucket from its spill; returns the price gaps."""
+        """Land the buckets not landed yet, one by one from the spill; returns the price gaps."""
         await self._flush(state)
         dataset, spill = state.dataset, state.spill
-        ingest_date = self.ingested_at.date()
-        schema = dataset.arrow_schema()
-        prices = dataset.kind == "prices"
-        missing: list[pl.DataFrame] = []
-        sessions_by_bucket: dict[int, list[dt.date]] = defaultdict(list)
-        if prices:
-            for day in self.plan.sessions:
-                sessions_by_bucket[spill.bucket_of(day)].append(day)
-
-        def prepare(bucket: int) -> tuple[pa.Table, list[tuple[dt.date, int, int]], pl.DataFrame]:
-            # Batches are deduplicated one by one; a key can only repeat across overlapping
-            # answers, which fall in the same bucket (same partition value).
-            rows = spill.read(bucket).unique(
-                subset=list(dataset.key), keep="first", maintain_order=True
-            )
-            ordered, slices = partition_slices(dataset, rows, ingest_date)
-            # One conversion to the file schema per bucket; each file is a zero-copy slice.
-            present = rows.select("symbol", "date") if prices else rows.clear()
-            return to_arrow(ordered, schema), slices, present
-
+        sessions = self._sessions_by_bucket(state)
         spilled = set(spill.buckets())
-        buckets = sorted(spilled | set(sessions_by_bucket))
+        buckets = sorted((spilled | set(sessions)) - state.landed)
 
-        def prepared(index: int) -> asyncio.Task[Any] | None:
+        def prepared(index: int) -> asyncio.Task[_Bucket] | None:
             if index >= len(buckets) or buckets[index] not in spilled:
                 return None
-            return asyncio.create_task(asyncio.to_thread(prepare, buckets[index]))
+            return asyncio.create_task(asyncio.to_thread(self._prepare, state, buckets[index]))
 
         # The next bucket is read and sorted while this one's files are written: two buckets
         # in memory at most, both cores busy.
@@ -753,28 +791,114 @@ class _Run:
         try:
             for index, bucket in enumerate(buckets):
                 current, upcoming = upcoming, prepared(index + 1)
-                if current is not None:
-                    table, slices, present = await current
-                    async with asyncio.TaskGroup() as group:
-                        for value, offset, length in slices:
-                            group.create_task(
-                                self._write(dataset.name, "raw", value, table.slice(offset, length))
-                            )
-                    del table
-                else:
-                    present = pl.DataFrame(schema={"symbol": pl.String, "date": pl.Date})
-                if prices:
-                    missing.append(
-                        _missing(present, sessions_by_bucket.get(bucket, []), state.ok_symbols)
-                    )
+                await self._land_bucket(state, current, sessions.get(bucket, []))
         finally:
             if upcoming is not None:
                 upcoming.cancel()
         quarantine = pl.concat(state.quarantined) if state.quarantined else None
         if quarantine is not None and quarantine.height:
-            await self._write(dataset.name, "quarantine", ingest_date, quarantine)
+            await self._write(dataset.name, "quarantine", self.ingested_at.date(), quarantine)
         state.finished = time.monotonic()
-        return _gaps(missing) if prices else {}
+        return _gaps(state.missing) if dataset.kind == "prices" else {}
+
+    def _sessions_by_bucket(self, state: _DatasetState) -> dict[int, list[dt.date]]:
+        """A price dataset's sessions in range, per bucket (none for other datasets)."""
+        sessions: dict[int, list[dt.date]] = defaultdict(list)
+        if state.dataset.kind == "prices":
+            for day in self.plan.sessions:
+                sessions[state.spill.bucket_of(day)].append(day)
+        return sessions
+
+    def _prepare(self, state: _DatasetState, bucket: int) -> _Bucket:
+        """A bucket's rows from the spill, deduplicated, sorted and cut per partition (blocking)."""
+        dataset = state.dataset
+        # Batches are deduplicated one by one; a key can only repeat across overlapping
+        # answers, which fall in the same bucket (same partition value).
+        rows = state.spill.read(bucket).unique(
+            subset=list(dataset.key), keep="first", maintain_order=True
+        )
+        ordered, slices = partition_slices(dataset, rows, self.ingested_at.date())
+        present = rows.select("symbol", "date") if dataset.kind == "prices" else rows.clear()
+        # One conversion to the file schema per bucket; each file is a zero-copy slice.
+        return _Bucket(to_arrow(ordered, dataset.arrow_schema()), slices, present)
+
+    async def _land_bucket(
+        self,
+        state: _DatasetState,
+        prepared: Awaitable[_Bucket] | None,
+        sessions: list[dt.date],
+    ) -> None:
+        """Write a prepared bucket's files (None: nothing spilled in it) and note its gaps."""
+        if prepared is not None:
+            bucket = await prepared
+            async with asyncio.TaskGroup() as group:
+                for value, offset, length in bucket.slices:
+                    part = bucket.table.slice(offset, length)
+                    group.create_task(self._write(state.dataset.name, "raw", value, part))
+            present = bucket.present
+            del bucket
+        else:
+            present = pl.DataFrame(schema={"symbol": pl.String, "date": pl.Date})
+        if state.dataset.kind == "prices":
+            ok = frozenset(state.ok_symbols)
+            state.missing.append(await asyncio.to_thread(_missing, present, sessions, ok))
+
+    def _streams(self, state: _DatasetState, requests: Sequence[Request]) -> bool:
+        """Whether a dataset lands bucket by bucket as its sessions come: fetched one market file
+        per session, and, where symbols the file leaves out are fetched per symbol, after the
+        first file (sent alone) told which."""
+        market, source = state.dataset.market, self.plan.sources.get(state.dataset.name)
+        if (
+            market is None
+            or market.span != "date"
+            or source is None
+            or state.fell_back
+            or not any(r.market for r in requests)
+        ):
+            return False
+        return not source.fallback or bool(state.symbols_with_rows)
+
+    def _start_stream(
+        self, state: _DatasetState, requests: Sequence[Request], top_ups: Sequence[Request]
+    ) -> None:
+        left: dict[int, int] = defaultdict(int)
+        for request in requests:
+            if request.market:
+                left[self._bucket_of(state, request)] += 1
+        state.sessions_left = dict(left)
+        state.top_ups_left = len(top_ups)
+        state.market_symbols = self.symbols - {r.symbol for r in top_ups}
+
+    @staticmethod
+    def _bucket_of(state: _DatasetState, request: Request) -> int:
+        return state.spill.bucket_of(dt.date.fromisoformat(dict(request.params)["date"]))
+
+    def _stream(self, state: _DatasetState, request: Request) -> None:
+        """A request of a streaming dataset is done: land every bucket now complete."""
+        assert state.sessions_left is not None
+        if request.market:
+            state.sessions_left[self._bucket_of(state, request)] -= 1
+        else:
+            state.top_ups_left -= 1
+        if state.top_ups_left:
+            return  # their rows span every bucket
+        for bucket, left in state.sessions_left.items():
+            if not left and bucket not in state.landed:
+                log.debug("%s: bucket %d has every session; landing it", state.dataset.name, bucket)
+                state.landed.add(bucket)
+                state.landings.append(asyncio.create_task(self._land_complete(state, bucket)))
+
+    async def _land_complete(self, state: _DatasetState, bucket: int) -> None:
+        """Land a bucket whose every session is in, while the others are still fetched."""
+        earlier = set(state.flushing)
+        await self._flush(state)  # the bucket's last rows may still wait in the batch
+        if earlier:
+            await asyncio.wait(earlier)
+        sessions = self._sessions_by_bucket(state).get(bucket, [])
+        async with self.landing:
+            spilled = bucket in state.spill.buckets()
+            prepared = asyncio.to_thread(self._prepare, state, bucket) if spilled else None
+            await self._land_bucket(state, prepared, sessions)
 
     async def _market_or_fallback(
         self, state: _DatasetState, requests: list[Request]
@@ -815,7 +939,8 @@ class _Run:
     def _top_up(self, state: _DatasetState) -> list[Request]:
         """Per-symbol requests for the symbols a whole-market price answer left out (indices,
         listings the bulk file does not carry), when the plan allows a fallback and some
-        session's answer came."""
+        session's answer came: the newest session's, when the dataset lands as its sessions
+        come (see `_streams`), else all of them."""
         name = state.dataset.name
         source = self.plan.sources.get(name)
         market = state.dataset.market
@@ -853,12 +978,18 @@ class _Run:
         async def one_dataset(name: str) -> tuple[DatasetSummary, dict[str, tuple[dt.date, ...]]]:
             state = self.states[name]
             requests = await self._market_or_fallback(state, by_dataset[name])
+            if self._streams(state, requests):
+                top_ups = self._top_up(state)
+                self.requests_total += len(top_ups)
+                self._start_stream(state, requests, top_ups)
+                requests = [*top_ups, *requests]
             async with asyncio.TaskGroup() as group:
                 state.tasks = {group.create_task(self._run_request(r)): r for r in requests}
-            if topping := self._top_up(state):
+            if state.sessions_left is None and (topping := self._top_up(state)):
                 self.requests_total += len(topping)
                 async with asyncio.TaskGroup() as group:
                     state.tasks = {group.create_task(self._run_request(r)): r for r in topping}
+            await asyncio.gather(*state.landings)
             async with self.landing:
                 gaps = await self._land(state)
             stats = self.client.stats.get(name)
@@ -893,6 +1024,10 @@ class _Run:
             for state in self.states.values():
                 for probe in state.probes.values():
                     probe.cancel()
+            # Buckets already landing when the run aborts finish, so every file written is in
+            # the manifest.
+            if landings := [t for state in self.states.values() for t in state.landings]:
+                await asyncio.wait(landings)
         results = [t.result() for t in tasks]
         gaps = {name: g for name, (_, g) in zip(self.plan.datasets, results, strict=True) if g}
         return [s for s, _ in results], gaps
@@ -1005,7 +1140,8 @@ async def run_ingest(
     """Fetch, normalize and land every request of `plan`, then write the manifest last.
 
     A refused key (FmpAuthError) or an unreachable FMP (FmpUnreachableError) aborts the run: the
-    manifest records the abort, no data file is written, and the error propagates.
+    manifest records the abort and the error propagates. No data file is written after it;
+    sessions of a whole-market dataset that were already landing finish and are listed.
 
     Normalized rows wait for landing in `scratch` (a local folder; default: a temporary one),
     which is removed when the run ends. `filings`: the filings listing read before planning

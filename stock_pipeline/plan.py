@@ -523,7 +523,11 @@ def plan_run(
         if bulk is None:
             requests += per_symbol
             continue
-        requests += [Request(name, MARKET, (("date", str(day)),), market=True) for day in sessions]
+        # Newest session first: the first answer (sent alone) names the symbols the market file
+        # leaves out, and a listing newer than the range's start is in the newest file.
+        requests += [
+            Request(name, MARKET, (("date", str(day)),), market=True) for day in reversed(sessions)
+        ]
         fallback = tuple(per_symbol) if prices_source == "auto" else ()
         sources[name] = Source(bulk.endpoint, bulk.requests, bulk.why, fallback)
     return Plan(

@@ -1124,29 +1124,50 @@ def _bundled_market() -> tuple[str, ...]:
 EOD_BULK_FIELDS: Final = ("symbol", "date", "open", "low", "high", "close", "adjClose", "volume")
 
 
+#: Sessions of the market whose bulk lines are made together (one pass over every symbol's walk).
+_BULK_BLOCK: Final = 64
+
+
 def _eod_bulk_body(params: Mapping[str, str], config: SimulatorConfig, today: date) -> bytes:
     """Every market symbol's bar for one session as FMP's CSV: a byte-order mark, open-low-high
     order, and some volumes written as fractional numbers."""
     if not params.get("date"):
         raise _ParamError(_error(400, "Invalid or missing query parameter - date"))
     key = _parse_day(params, "date", today).isoformat()
-    lines = ["\ufeff" + ",".join(EOD_BULK_FIELDS)]
-    for symbol in _market(config):
-        prices = _prices(symbol, config.history_start, today)
-        index = bisect.bisect_left(prices.dates, key)
-        if index == len(prices.dates) or prices.dates[index] != key:
-            continue
-        volume = int(prices.volume[index])
-        values = (
-            prices.open[index],
-            prices.low[index],
-            prices.high[index],
-            prices.close[index],
-            round(float(prices.close[index] * prices.dividend_factor[index]), 2),
-        )
-        shown = f"{volume}.0" if _seed(symbol) % 4 == 0 else str(volume)
-        lines.append(",".join((symbol, key, *(repr(float(v)) for v in values), shown)))
-    return ("\n".join(lines) + "\n").encode()
+    dates = _session_dates(config.history_start, today)
+    index = bisect.bisect_left(dates, key)
+    rows = ""
+    if index < len(dates) and dates[index] == key:
+        block = _bulk_block(_market(config), config.history_start, today, index // _BULK_BLOCK)
+        rows = block[key]
+    return ("\ufeff" + ",".join(EOD_BULK_FIELDS) + "\n" + rows).encode()
+
+
+@lru_cache(maxsize=4)
+def _bulk_block(symbols: tuple[str, ...], start: date, today: date, block: int) -> dict[str, str]:
+    """The bulk CSV lines of a block of consecutive sessions, per session: a backfill asks for
+    neighbouring sessions together, and each symbol's walk is generated once per block, not
+    once per session."""
+    dates = _session_dates(start, today)
+    first, last = block * _BULK_BLOCK, min(len(dates), (block + 1) * _BULK_BLOCK)
+    lines: dict[str, list[str]] = {dates[i]: [] for i in range(first, last)}
+    for symbol in symbols:
+        prices = _prices(symbol, start, today)
+        fractional = _seed(symbol) % 4 == 0
+        for i in range(first, last):
+            volume = int(prices.volume[i])
+            values = (
+                prices.open[i],
+                prices.low[i],
+                prices.high[i],
+                prices.close[i],
+                round(float(prices.close[i] * prices.dividend_factor[i]), 2),
+            )
+            shown = f"{volume}.0" if fractional else str(volume)
+            lines[dates[i]].append(
+                ",".join((symbol, dates[i], *(repr(float(v)) for v in values), shown)) + "\n"
+            )
+    return {day: "".join(rows) for day, rows in lines.items()}
 
 
 def _splits_calendar_rows(

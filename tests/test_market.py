@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import datetime as dt
 import json
+import logging
 from pathlib import Path
 
 import polars as pl
@@ -301,3 +302,93 @@ async def test_a_bulk_file_without_any_of_our_symbols_is_fetched_again(
     assert all(f.symbol is None and f.retryable for f in report.failures)
     assert "had no row for any of the 4 symbols" in report.failures[0].error
     assert not [r for r in simulator.requests if "symbol" in r.params]
+
+
+async def test_market_sessions_land_while_older_ones_are_fetched(
+    fmp_server: SimulatorFactory,
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    from stock_pipeline import spill
+    from stock_pipeline.pipeline import ProgressEvent
+
+    monkeypatch.setattr(spill, "BUCKET_ROWS", 5)  # a bucket per session
+    symbols = (*SYMBOLS, "^GSPC")  # four sessions of five symbols: auto takes bulk
+    start = dt.date(2025, 3, 11)
+    events: list[str] = []
+
+    class Events(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "landing it" in record.getMessage():
+                events.append("landing")
+
+    def progress(event: ProgressEvent) -> None:
+        events.append(f"{event.requests_done}/{event.requests_total}")
+
+    handler = Events()
+    logging.getLogger("stock_pipeline.pipeline").addHandler(handler)
+    caplog.set_level(logging.DEBUG, logger="stock_pipeline.pipeline")
+    lake = LocalLake(tmp_path)
+    try:
+        async with fmp_server(today=TODAY, market=SYMBOLS) as (url, simulator):
+            plan = plan_run(
+                run_id="20250315T020000Z-stream",
+                symbols=symbols,
+                datasets=("prices",),
+                start=start,
+                end=END,
+                prices_source="auto",
+            )
+            # One request at a time, so the order of events is the pipeline's, not the network's.
+            async with fmp_client(url, concurrency=1) as client:
+                report = await run_ingest(
+                    plan, client=client, lake=lake, started_at=STARTED, progress=progress
+                )
+    finally:
+        logging.getLogger("stock_pipeline.pipeline").removeHandler(handler)
+    assert report.status == "ok", report.failures
+    # The newest session first, alone; ^GSPC, which it leaves out, per symbol; then the rest.
+    sent = [r.params.get("date") or r.params["symbol"] for r in simulator.requests]
+    assert sent == ["2025-03-14", "^GSPC", "2025-03-13", "2025-03-12", "2025-03-11"]
+    requests = [e for e in events if e != "landing"]
+    assert requests[-1] == "5/5"
+    # Sessions 13 and 12 began landing before the last session's answer was in.
+    assert events.index("landing") < events.index("5/5")
+    assert events[: events.index("5/5")].count("landing") == 2
+    # The same lake as landing at the end: a file per session, every symbol in each once.
+    prices = _prices(lake)
+    assert prices.height == len(symbols) * 4
+    assert prices.select("symbol", "date").is_duplicated().sum() == 0
+    assert sorted(f.partition for f in report.files) == [
+        f"date=2025-03-{day}" for day in (11, 12, 13, 14)
+    ]
+    assert report.gaps == {}
+
+
+async def test_a_run_aborted_while_sessions_land_lists_every_file_it_wrote(
+    fmp_server: SimulatorFactory, tmp_path: Path
+) -> None:
+    from stock_pipeline.errors import FmpUnreachableError
+
+    lake = LocalLake(tmp_path)
+    # Every profile request loses its connection: five in a row abort the run, while prices
+    # land session by session from the market file.
+    faults = {"*": (Fault(kind="drop_connection", endpoint="profile"),)}
+    symbols = tuple(f"S{i:02d}" for i in range(12))
+    async with fmp_server(today=TODAY, market=symbols, faults=faults) as (url, _):
+        plan = plan_run(
+            run_id="20250315T020000Z-abort",
+            symbols=symbols,
+            datasets=("prices", "profile"),
+            start=START,
+            end=END,
+            prices_source="bulk",
+        )
+        async with fmp_client(url) as client:
+            with pytest.raises(FmpUnreachableError):
+                await run_ingest(plan, client=client, lake=lake, started_at=STARTED)
+    [manifest] = read_manifests(lake)
+    assert manifest["status"] == "aborted"
+    written = {p for p in lake.list_files("raw")}
+    assert written == {f["path"] for f in manifest["files"]}

@@ -389,7 +389,8 @@ async def test_a_report_and_its_plan_print_in_one_line_whatever_their_size(
     symbols = tuple(f"S{i:03d}" for i in range(40))
     async with fmp_server() as (url, _):
         report = await ingest(url, LocalLake(tmp_path), symbols, ("prices", "profile"))
-    assert len(report.files) == 11 and len(report.plan.requests) == 80
+    assert len(report.files) == 11
+    assert len(report.plan.requests) == 80
     assert repr(report) == (
         "RunReport('20250315T020000Z-test', ok, 440 rows, 11 files, 0 failures)"
     )
