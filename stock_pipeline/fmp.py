@@ -57,6 +57,9 @@ _PLAN_REFUSAL = re.compile(
     r"(?i)premium query parameter|\b(?:restricted|exclusive|special) endpoint\b"
     r"|under your current subscription"
 )
+#: Words one of which every `_PLAN_REFUSAL` match holds: a body without them is searched no further
+#: (the pattern alone takes 15 ms over a 300 KB bulk file).
+_PLAN_REFUSAL_WORDS = ("premium query parameter", "endpoint", "under your current subscription")
 _ENDPOINT_REFUSAL = re.compile(r"(?i)\b(restricted|exclusive) endpoint\b")
 _PARAMETER_REFUSAL = re.compile(r"(?i)\bvalues? (?:set )?for '([a-z_]\w*)'")
 
@@ -235,8 +238,14 @@ def _plain_csv(text: str) -> bool:
         bool(stripped)
         and not stripped.startswith(("[", "{"))
         and _no_limit_or_key_words(text)
-        and not _PLAN_REFUSAL.search(text)
+        and not _plan_refusal_words(text)
     )
+
+
+def _plan_refusal_words(text: str) -> bool:
+    """Whether `text` holds a phrase of FMP's plan refusals."""
+    lowered = text.lower()
+    return any(word in lowered for word in _PLAN_REFUSAL_WORDS) and bool(_PLAN_REFUSAL.search(text))
 
 
 def _retry_after(headers: Mapping[str, str]) -> float | None:
