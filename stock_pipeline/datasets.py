@@ -130,6 +130,8 @@ class Column:
     new_york_time: bool = False
     #: Placeholder strings FMP sends for "unknown" (besides "" and "null"), read as null.
     null_values: tuple[str, ...] = ()
+    #: A number FMP sends as a JSON string ("2025"): read as text, then converted.
+    sent_as_text: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,8 +154,16 @@ class Check:
         return self.violated(polars)
 
 
-def _fmp(field: str, type_: ColumnType, *aliases: str, new_york_time: bool = False) -> Column:
-    return Column(to_snake_case(field), type_, field, tuple(aliases), new_york_time)
+def _fmp(
+    field: str,
+    type_: ColumnType,
+    *aliases: str,
+    new_york_time: bool = False,
+    sent_as_text: bool = False,
+) -> Column:
+    return Column(
+        to_snake_case(field), type_, field, tuple(aliases), new_york_time, sent_as_text=sent_as_text
+    )
 
 
 def _floats(fields: Iterable[str], renames: dict[str, str] | None = None) -> tuple[Column, ...]:
@@ -280,7 +290,7 @@ _STATEMENT_HEADER: tuple[Column, ...] = (
     Column("cik", ColumnType.STRING, "cik", null_values=("0000000000",)),
     _fmp("filingDate", ColumnType.DATE, "fillingDate"),
     _fmp("acceptedDate", ColumnType.TIMESTAMP, new_york_time=True),
-    _fmp("fiscalYear", ColumnType.INT, "calendarYear"),
+    _fmp("fiscalYear", ColumnType.INT, "calendarYear", sent_as_text=True),
     _fmp("period", ColumnType.STRING),
 )
 
@@ -430,7 +440,7 @@ DATASETS: dict[str, Dataset] = {
                         "country",
                     )
                 ),
-                _fmp("fullTimeEmployees", ColumnType.INT),
+                _fmp("fullTimeEmployees", ColumnType.INT, sent_as_text=True),
                 *(
                     _fmp(f, ColumnType.STRING)
                     for f in ("phone", "address", "city", "state", "zip", "image")

@@ -309,13 +309,18 @@ def parse_array(body: bytes, dataset: Dataset | None = None) -> pl.DataFrame | N
 @cache
 def _wire_schema(dataset: Dataset) -> dict[str, pl.DataType]:
     """The polars schema FMP's answers are read on: numbers as floats (integers may be sent
-    as 1.0), everything else as text."""
+    as 1.0), everything else as text, and numbers FMP sends as strings as text too (a number
+    sent instead reads as its text)."""
     wire: dict[ColumnType, pl.DataType] = {
         ColumnType.FLOAT: pl.Float64(),
         ColumnType.INT: pl.Float64(),
         ColumnType.BOOL: pl.Boolean(),
     }
-    return {c.source: wire.get(c.type, pl.String()) for c in dataset.columns if c.source}
+    return {
+        c.source: pl.String() if c.sent_as_text else wire.get(c.type, pl.String())
+        for c in dataset.columns
+        if c.source
+    }
 
 
 def _misread_booleans(dataset: Dataset, body: bytes) -> bool:

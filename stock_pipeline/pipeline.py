@@ -402,7 +402,13 @@ class _Run:
             name: _DatasetState(
                 DATASETS[name],
                 now,
-                Spill(scratch / name, DATASETS[name], start=plan.start, symbols=len(plan.symbols)),
+                Spill(
+                    scratch / name,
+                    DATASETS[name],
+                    start=plan.start,
+                    end=plan.end,
+                    symbols=len(plan.symbols),
+                ),
             )
             for name in plan.datasets
         }

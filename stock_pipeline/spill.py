@@ -26,6 +26,9 @@ __all__ = ["BUCKET_ROWS", "Spill"]
 
 #: Rows of one bucket, the most a dataset holds in memory while it lands.
 BUCKET_ROWS = 400_000
+#: Buckets a range is cut into at least: a small backfill's first files are written while its
+#: next bucket is read, not after one bucket of everything.
+MIN_BUCKETS = 8
 _BUCKET = "__bucket"
 
 
@@ -36,14 +39,25 @@ class Spill:
     bucket, counted from `start`; the others (one partition per run) have a single bucket.
     `add` may be called from several threads at once."""
 
-    def __init__(self, folder: Path, dataset: Dataset, *, start: dt.date, symbols: int) -> None:
+    def __init__(
+        self,
+        folder: Path,
+        dataset: Dataset,
+        *,
+        start: dt.date,
+        symbols: int,
+        end: dt.date | None = None,
+    ) -> None:
         self.folder = folder
         self.dataset = dataset
         self.start = start
         # Sessions are about 252 of 365 days: a bucket of this many calendar days holds about
         # BUCKET_ROWS rows when every symbol has every session.
         per_symbol = max(1, BUCKET_ROWS // max(1, symbols))
-        self.days = max(1, per_symbol * 365 // 252) if dataset.partition_in_data else 0
+        days = max(1, per_symbol * 365 // 252)
+        if end is not None:
+            days = min(days, max(1, -(-((end - start).days + 1) // MIN_BUCKETS)))
+        self.days = days if dataset.partition_in_data else 0
         self.rows = 0
         self._batches = 0
         self._lock = threading.Lock()

@@ -16,6 +16,7 @@ from stock_pipeline.datasets import (
     DATASETS,
     LINEAGE_COLUMNS,
     QUARANTINE_COLUMNS,
+    ColumnType,
     Dataset,
 )
 from stock_pipeline.normalize import (
@@ -684,6 +685,29 @@ def test_reading_on_the_registrys_types_never_drops_a_key_or_takes_a_boolean(
     frame = parse_array(body, DATASETS["prices"])
     assert frame is not None
     assert frame.columns == parse_array(body).columns  # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize(
+    ("name", "field"),
+    [
+        ("income_statement", "fiscalYear"),
+        ("balance_sheet", "fiscalYear"),
+        ("cash_flow", "fiscalYear"),
+        ("profile", "fullTimeEmployees"),
+    ],
+)
+def test_fmps_own_answers_are_read_on_the_registrys_types(name: str, field: str) -> None:
+    # FMP sends these numbers as strings; read as text, the answer needs no second, inferring
+    # parse (which would read every amount as an integer).
+    body = (FIXTURES / EXAMPLES[name]).read_bytes()
+    frame = parse_array(body, DATASETS[name])
+    assert frame is not None
+    assert frame.schema[field] == pl.String
+    assert all(
+        frame.schema[c.source] == pl.Float64
+        for c in DATASETS[name].columns
+        if c.source in frame.columns and c.type is ColumnType.FLOAT
+    )
 
 
 def test_numbers_sent_as_text_normalize_the_same_column_at_a_time() -> None:

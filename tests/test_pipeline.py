@@ -484,6 +484,7 @@ async def test_landing_bucket_by_bucket_lands_the_same_files_as_landing_at_once(
     faults = {"MSFT": (Fault(kind="duplicates"),), "KO": (Fault(kind="bad_rows"),)}
     datasets = ("prices", "income_statement")
     reports, lakes = [], []
+    monkeypatch.setattr(spill, "MIN_BUCKETS", 1)
     for name, bucket_rows in (("one", 10_000_000), ("many", 2)):
         monkeypatch.setattr(spill, "BUCKET_ROWS", bucket_rows)
         lake = LocalLake(tmp_path / name)
@@ -521,6 +522,9 @@ def test_spill_buckets_follow_the_partition_dates_and_keep_batch_order(tmp_path:
     assert store.read(1)["date"].to_list() == [start + dt.timedelta(days=14)] * 2
     assert store.read(0)["symbol"].to_list() == ["A", "A", "B", "B"]  # batches in order
     assert store.rows == 8
+    # A short range is cut into MIN_BUCKETS buckets at least, however few its symbols.
+    short = spill.Spill(tmp_path / "short", prices, start=start, end=dt.date(2025, 3, 1), symbols=1)
+    assert short.days == 8  # 60 days, 8 buckets
     statements = spill.Spill(tmp_path / "s", DATASETS["income_statement"], start=start, symbols=1)
     statements.add(frame)
     assert statements.buckets() == [0]
