@@ -2,10 +2,11 @@
 
 Price answers arrive symbol by symbol but land session by session (one file per session), so
 every row waits until the last symbol is in. Rows wait here, not in memory: each normalized
-batch is written as Arrow IPC files under a scratch folder, sorted into buckets of consecutive
-partition values, and landing reads one bucket at a time. A bucket holds about
-`BUCKET_ROWS` rows whatever the number of symbols, so memory is bounded by the bucket and the
-batches in flight, not by the backfill.
+batch is written as one Arrow IPC file under a scratch folder, its rows sorted into buckets of
+consecutive partition values, one record batch per bucket; landing reads one bucket at a time,
+reading from each file only that bucket's record batch. A bucket holds
+about `BUCKET_ROWS` rows whatever the number of symbols, so memory is bounded by the bucket and
+the batches in flight, not by the backfill; the number of files is the number of batches.
 
 Scratch is local (the lake may be S3) and private to the run; the caller removes it.
 """
@@ -25,7 +26,7 @@ if TYPE_CHECKING:
 __all__ = ["BUCKET_ROWS", "Spill"]
 
 #: Rows of one bucket, the most a dataset holds in memory while it lands.
-BUCKET_ROWS = 400_000
+BUCKET_ROWS = 100_000
 #: Buckets a range is cut into at least: a small backfill's first files are written while its
 #: next bucket is read, not after one bucket of everything.
 MIN_BUCKETS = 8
@@ -60,6 +61,8 @@ class Spill:
         self.days = days if dataset.partition_in_data else 0
         self.rows = 0
         self._batches = 0
+        #: Per bucket, where its rows are: (batch file number, record batch index), in order.
+        self._index: dict[int, list[tuple[int, int]]] = {}
         self._lock = threading.Lock()
 
     def bucket_of(self, day: dt.date) -> int:
@@ -69,6 +72,7 @@ class Spill:
     def add(self, frame: pl.DataFrame) -> None:
         """Keep a batch (blocking: call it in a worker thread)."""
         import polars as pl
+        import pyarrow.ipc as ipc
 
         if not frame.height:
             return
@@ -76,32 +80,50 @@ class Spill:
             batch = self._batches
             self._batches += 1
             self.rows += frame.height
-        if not self.days:
-            self._write(0, batch, frame)
-            return
-        column = self.dataset.partition
-        buckets = frame.with_columns(
-            ((pl.col(column) - pl.lit(self.start)).dt.total_days() // self.days).alias(_BUCKET)
-        )
-        for (bucket,), part in buckets.partition_by(
-            _BUCKET, as_dict=True, include_key=False, maintain_order=True
-        ).items():
-            self._write(int(bucket), batch, part)
+        if self.days:
+            column = self.dataset.partition
+            bucket = (pl.col(column) - pl.lit(self.start)).dt.total_days() // self.days
+            parts = frame.with_columns(bucket.alias(_BUCKET)).partition_by(
+                _BUCKET, as_dict=True, include_key=False, maintain_order=True
+            )
+            buckets = sorted((int(key), part) for (key,), part in parts.items())
+        else:
+            buckets = [(0, frame)]
+        tables = [(key, part.to_arrow()) for key, part in buckets]
+        self.folder.mkdir(parents=True, exist_ok=True)
+        options = ipc.IpcWriteOptions(compression="lz4")
+        written: list[tuple[int, int]] = []  # (bucket, record batch index)
+        with ipc.new_file(str(self._path(batch)), tables[0][1].schema, options=options) as writer:
+            for key, table in tables:
+                # Record batches of one bucket each, so a bucket is read without the others.
+                for record_batch in table.combine_chunks().to_batches():
+                    writer.write_batch(record_batch)
+                    written.append((key, len(written)))
+        with self._lock:
+            for key, index in written:
+                self._index.setdefault(key, []).append((batch, index))
 
-    def _write(self, bucket: int, batch: int, frame: pl.DataFrame) -> None:
-        target = self.folder / f"{bucket:06d}"
-        target.mkdir(parents=True, exist_ok=True)
-        frame.write_ipc(target / f"{batch:08d}.arrow", compression="lz4")
+    def _path(self, batch: int) -> Path:
+        return self.folder / f"{batch:08d}.arrow"
 
     def buckets(self) -> list[int]:
         """The buckets that hold rows, in partition order."""
-        if not self.folder.exists():
-            return []
-        return sorted(int(p.name) for p in self.folder.iterdir() if p.is_dir())
+        with self._lock:
+            return sorted(self._index)
 
     def read(self, bucket: int) -> pl.DataFrame:
         """A bucket's rows, in the order their batches were added (blocking)."""
         import polars as pl
+        import pyarrow as pa
+        import pyarrow.ipc as ipc
 
-        files = sorted((self.folder / f"{bucket:06d}").glob("*.arrow"))
-        return pl.concat([pl.read_ipc(f) for f in files], rechunk=True)
+        with self._lock:
+            where = sorted(self._index.get(bucket, ()))
+        parts = []
+        for batch, index in where:
+            # Read, not memory-mapped: the batch owns its buffers once the file is closed.
+            with pa.OSFile(str(self._path(batch))) as source:
+                parts.append(ipc.open_file(source).get_batch(index))
+        frame = pl.from_arrow(pa.Table.from_batches(parts))
+        assert isinstance(frame, pl.DataFrame)
+        return frame.rechunk()
