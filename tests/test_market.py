@@ -6,6 +6,7 @@ from __future__ import annotations
 import datetime as dt
 import json
 import logging
+from collections.abc import Callable
 from pathlib import Path
 
 import polars as pl
@@ -16,7 +17,7 @@ from stock_pipeline.errors import ExitCode
 from stock_pipeline.lake import LocalLake, read_dataset, read_manifests
 from stock_pipeline.market_calendar import sessions_between
 from stock_pipeline.normalize import read_market_answer
-from stock_pipeline.pipeline import RunReport, run_ingest
+from stock_pipeline.pipeline import ProgressEvent, RunReport, run_ingest
 from stock_pipeline.plan import MARKET, plan_run
 from stock_pipeline.simulator import EOD_BULK_ENDPOINT, Fault
 from tests.conftest import SimulatorFactory
@@ -35,17 +36,22 @@ async def _ingest(
     source: str,
     symbols: tuple[str, ...] = SYMBOLS,
     start: dt.date = START,
+    datasets: tuple[str, ...] = ("prices",),
+    progress: Callable[[ProgressEvent], None] | None = None,
+    **client_options: object,
 ) -> RunReport:
     plan = plan_run(
         run_id=f"20250315T020000Z-{source}",
         symbols=symbols,
-        datasets=("prices",),
+        datasets=datasets,
         start=start,
         end=END,
         prices_source=source,  # type: ignore[arg-type]
     )
-    async with fmp_client(url) as client:
-        return await run_ingest(plan, client=client, lake=lake, started_at=STARTED)
+    async with fmp_client(url, **client_options) as client:
+        return await run_ingest(
+            plan, client=client, lake=lake, started_at=STARTED, progress=progress
+        )
 
 
 def _prices(lake: LocalLake) -> pl.DataFrame:
@@ -311,7 +317,6 @@ async def test_market_sessions_land_while_older_ones_are_fetched(
     caplog: pytest.LogCaptureFixture,
 ) -> None:
     from stock_pipeline import spill
-    from stock_pipeline.pipeline import ProgressEvent
 
     monkeypatch.setattr(spill, "BUCKET_ROWS", 5)  # a bucket per session
     symbols = (*SYMBOLS, "^GSPC")  # four sessions of five symbols: auto takes bulk
@@ -332,19 +337,10 @@ async def test_market_sessions_land_while_older_ones_are_fetched(
     lake = LocalLake(tmp_path)
     try:
         async with fmp_server(today=TODAY, market=SYMBOLS) as (url, simulator):
-            plan = plan_run(
-                run_id="20250315T020000Z-stream",
-                symbols=symbols,
-                datasets=("prices",),
-                start=start,
-                end=END,
-                prices_source="auto",
-            )
             # One request at a time, so the order of events is the pipeline's, not the network's.
-            async with fmp_client(url, concurrency=1) as client:
-                report = await run_ingest(
-                    plan, client=client, lake=lake, started_at=STARTED, progress=progress
-                )
+            report = await _ingest(
+                url, lake, "auto", symbols, start, progress=progress, concurrency=1
+            )
     finally:
         logging.getLogger("stock_pipeline.pipeline").removeHandler(handler)
     assert report.status == "ok", report.failures
@@ -377,17 +373,8 @@ async def test_a_run_aborted_while_sessions_land_lists_every_file_it_wrote(
     faults = {"*": (Fault(kind="drop_connection", endpoint="profile"),)}
     symbols = tuple(f"S{i:02d}" for i in range(12))
     async with fmp_server(today=TODAY, market=symbols, faults=faults) as (url, _):
-        plan = plan_run(
-            run_id="20250315T020000Z-abort",
-            symbols=symbols,
-            datasets=("prices", "profile"),
-            start=START,
-            end=END,
-            prices_source="bulk",
-        )
-        async with fmp_client(url) as client:
-            with pytest.raises(FmpUnreachableError):
-                await run_ingest(plan, client=client, lake=lake, started_at=STARTED)
+        with pytest.raises(FmpUnreachableError):
+            await _ingest(url, lake, "bulk", symbols, datasets=("prices", "profile"))
     [manifest] = read_manifests(lake)
     assert manifest["status"] == "aborted"
     written = {p for p in lake.list_files("raw")}
