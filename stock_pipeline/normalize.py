@@ -298,7 +298,10 @@ def parse_array(body: bytes, dataset: Dataset | None = None) -> pl.DataFrame | N
             frame = pl.read_json(io.BytesIO(body), schema=_wire_schema(dataset))
         except Exception:  # a value not of its field's type: inferred below, and judged
             frame = None
-        if frame is not None and (_every_key_read(body, frame) or _every_key_known(dataset, body)):
+        keys = body.count(b'":')  # every key written `"name":`
+        if frame is not None and (
+            _every_key_read(body, keys, frame) or _every_key_known(dataset, body, keys)
+        ):
             return frame
     try:
         return pl.read_json(io.BytesIO(body), infer_schema_length=None)
@@ -330,7 +333,7 @@ def _misread_booleans(dataset: Dataset, body: bytes) -> bool:
     return b"true" in body or b"false" in body
 
 
-def _every_key_read(body: bytes, frame: pl.DataFrame) -> bool:
+def _every_key_read(body: bytes, keys: int, frame: pl.DataFrame) -> bool:
     """Whether `frame`, read on a schema, holds every key of `body`: a check in a few scans of
     the bytes that suits FMP's usual answer (every field in every row, no escapes).
 
@@ -338,7 +341,6 @@ def _every_key_read(body: bytes, frame: pl.DataFrame) -> bool:
     colon follows a quote no key is written `"name" :`: the count of `":` is then the number of
     keys. Every cell filled means every row sent every schema field at least once; the counts
     being equal leaves room for no other key."""
-    keys = body.count(b'":')
     return (
         b"\\" not in body
         and body.count(b":") == keys == frame.height * frame.width
@@ -346,13 +348,13 @@ def _every_key_read(body: bytes, frame: pl.DataFrame) -> bool:
     )
 
 
-def _every_key_known(dataset: Dataset, body: bytes) -> bool:
+def _every_key_known(dataset: Dataset, body: bytes, keys: int) -> bool:
     """Whether every key of `body` is one of the registry's fields, counted over the whole body
     (with a schema, polars drops any other key silently): for answers with empty fields."""
     if _SPACED_KEY.search(body):
         return False  # a key written `"name" :` would escape the count
     known = sum(body.count(b'"%s":' % source.encode()) for source in _wire_schema(dataset))
-    return body.count(b'":') == known
+    return keys == known
 
 
 def read_market_answer(
