@@ -111,17 +111,8 @@ async def test_a_plan_without_eod_bulk_falls_back_to_per_symbol_and_says_so(
     async with fmp_server(
         today=TODAY, market=MARKET_SYMBOLS, gated_endpoints=frozenset({EOD_BULK_ENDPOINT})
     ) as (url, simulator):
-        plan = plan_run(
-            run_id="20250315T020000Z-auto",
-            symbols=SYMBOLS,
-            datasets=("prices",),
-            start=END,
-            end=END,
-            prices_source="auto",
-        )
-        assert [r.symbol for r in plan.requests] == [MARKET]
-        async with fmp_client(url) as client:
-            report = await run_ingest(plan, client=client, lake=lake, started_at=STARTED)
+        report = await _ingest(url, lake, "auto", start=END)
+    assert [r.symbol for r in report.plan.requests] == [MARKET]
     assert report.status == "ok", report.failures
     assert report.exit_code is ExitCode.OK
     assert next((r.endpoint, r.status) for r in simulator.requests) == (EOD_BULK_ENDPOINT, 402)
