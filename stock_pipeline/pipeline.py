@@ -385,7 +385,7 @@ class _Run:
         self.ingested_at = ingested_at
         self.progress = progress
         self.max_price_rows = max_price_rows
-        self.writes = asyncio.Semaphore(write_concurrency)
+        self.write_concurrency = write_concurrency
         #: One dataset lands at a time: a bucket of a wide dataset (a statement's 47 columns in
         #: one file per run) is the largest thing a run holds, and several at once add up.
         self.landing = asyncio.Semaphore(1)
@@ -721,15 +721,20 @@ class _Run:
         return landed
 
     async def _write(
-        self, dataset: str, kind: Literal["raw", "quarantine"], value: dt.date, data: Any
+        self, dataset: str, kind: Literal["raw", "quarantine"], files: Sequence[tuple[dt.date, Any]]
     ) -> None:
-        """Land one partition's file: `data` is a polars frame (quarantine) or an Arrow table
-        already on the dataset's file schema (raw)."""
+        """Land files, each (partition value, data): `data` a polars frame (quarantine) or an
+        Arrow table already on the dataset's file schema (raw).
+
+        A few worker threads write a share of the files each, one after another: a trip to a
+        thread and back per file costs as much as encoding a session's small file. Each thread
+        holds one file's bytes at a time."""
         info = DATASETS[dataset]
         quarantine = kind == "quarantine"
-        path = partition_path(info, value, self.plan.run_id, quarantine=quarantine)
+        stop = threading.Event()
 
-        def encode_and_store() -> StoredFile:
+        def encode_and_store(value: dt.date, data: Any) -> StoredFile:
+            path = partition_path(info, value, self.plan.run_id, quarantine=quarantine)
             if quarantine:
                 body = encode_quarantine(data)
             else:
@@ -737,19 +742,32 @@ class _Run:
                 body = encode_parquet(data, dictionary=not info.partition_in_data)
             return self.lake.write_file(path, body)
 
-        async with self.writes:
-            # Encoding inside the semaphore keeps at most a few Arrow copies alive at once; one
-            # trip to a worker thread per file.
-            job = asyncio.ensure_future(asyncio.to_thread(encode_and_store))
-            try:
-                await asyncio.wait([job])  # never cancels the job
-            except asyncio.CancelledError:
-                # The run is aborting, but the thread writes the file anyway: wait for it, so
-                # the manifest lists every file in the lake.
-                await asyncio.wait([job])
-                self._record(dataset, kind, value, data, path, job)
-                raise
-        self._record(dataset, kind, value, data, path, job)
+        def write_share(share: Sequence[tuple[dt.date, Any]]) -> list[StoredFile | Exception]:
+            outcomes: list[StoredFile | Exception] = []
+            for value, data in share:
+                if stop.is_set():  # the run is aborting: what is written so far is recorded
+                    break
+                try:
+                    outcomes.append(encode_and_store(value, data))
+                except Exception as error:
+                    outcomes.append(error)
+            return outcomes
+
+        count = min(self.write_concurrency, len(files))
+        shares = [files[i::count] for i in range(count)]
+        jobs = [asyncio.ensure_future(asyncio.to_thread(write_share, share)) for share in shares]
+        try:
+            await asyncio.wait(jobs)  # never cancels the jobs
+        except asyncio.CancelledError:
+            # The threads finish the file in hand, and the manifest lists every file they wrote.
+            stop.set()
+            await asyncio.wait(jobs)
+            raise
+        finally:
+            for share, job in zip(shares, jobs, strict=True):
+                if job.done():
+                    for (value, data), outcome in zip(share, job.result(), strict=False):
+                        self._record(dataset, kind, value, data, outcome)
 
     def _record(
         self,
@@ -757,25 +775,24 @@ class _Run:
         kind: Literal["raw", "quarantine"],
         value: dt.date,
         data: Any,
-        path: str,
-        job: asyncio.Future[StoredFile],
+        outcome: StoredFile | Exception,
     ) -> None:
         """A finished write: its file in the report, or its failure."""
-        error = job.exception()
-        if isinstance(error, LakeError):
-            self.failures.append(Failure(dataset, None, "LakeWriteError", str(error)))
-            self.states[dataset].write_failed = True
-            return
-        if error is not None:  # the file did not land; the run goes on and says so
-            self.states[dataset].write_failed = True
-            log.error("could not write %s", path, exc_info=error)
-            message = f"unexpected {type(error).__name__} writing {path}: {error}"
-            self.failures.append(Failure(dataset, None, type(error).__name__, message))
-            return
         quarantine = kind == "quarantine"
+        if isinstance(outcome, LakeError):
+            self.failures.append(Failure(dataset, None, "LakeWriteError", str(outcome)))
+            self.states[dataset].write_failed = True
+            return
+        if isinstance(outcome, Exception):  # the file did not land; the run goes on and says so
+            path = partition_path(DATASETS[dataset], value, self.plan.run_id, quarantine=quarantine)
+            self.states[dataset].write_failed = True
+            log.error("could not write %s", path, exc_info=outcome)
+            message = f"unexpected {type(outcome).__name__} writing {path}: {outcome}"
+            self.failures.append(Failure(dataset, None, type(outcome).__name__, message))
+            return
         column = partition_column(DATASETS[dataset], quarantine=quarantine)
         rows = data.height if quarantine else data.num_rows
-        self.files.append(FileRecord(dataset, kind, f"{column}={value}", rows, job.result()))
+        self.files.append(FileRecord(dataset, kind, f"{column}={value}", rows, outcome))
         self._tick()
 
     async def _land(self, state: _DatasetState) -> dict[str, tuple[dt.date, ...]]:
@@ -803,7 +820,7 @@ class _Run:
                 upcoming.cancel()
         quarantine = pl.concat(state.quarantined) if state.quarantined else None
         if quarantine is not None and quarantine.height:
-            await self._write(dataset.name, "quarantine", self.ingested_at.date(), quarantine)
+            await self._write(dataset.name, "quarantine", [(self.ingested_at.date(), quarantine)])
         state.finished = time.monotonic()
         return _gaps(state.missing) if dataset.kind == "prices" else {}
 
@@ -837,10 +854,12 @@ class _Run:
         """Write a prepared bucket's files (None: nothing spilled in it) and note its gaps."""
         if prepared is not None:
             bucket = await prepared
-            async with asyncio.TaskGroup() as group:
-                for value, offset, length in bucket.slices:
-                    part = bucket.table.slice(offset, length)
-                    group.create_task(self._write(state.dataset.name, "raw", value, part))
+            table = bucket.table
+            files = [
+                (value, table.slice(offset, length)) for value, offset, length in bucket.slices
+            ]
+            await self._write(state.dataset.name, "raw", files)
+            del files, table
             present = bucket.present
             del bucket
         else:
