@@ -86,6 +86,9 @@ def main() -> None:
         return
 
     port = free_port()
+    # The lakes stay until every run has ended: on a file system without a journal, ext4 looks
+    # past every inode freed in the last minutes when it makes a file, so deleting a run's lake
+    # right before the next run made that run's files slower (found with perf).
     universe = tempfile.TemporaryDirectory()
     tickers = Path(universe.name) / "tickers.csv"
     tickers.write_text("symbol\n" + "".join(f"S{i:04d}\n" for i in range(args.tickers)))
@@ -105,7 +108,8 @@ def main() -> None:
         for _ in range(args.repeat):
             if args.floor:
                 floors.append(measure_floor(args, port))
-            runs.append(measure_ingest(args, port, tickers))
+            lake = args.keep_lake or Path(universe.name) / f"lake-{len(runs)}"
+            runs.append(measure_ingest(args, port, tickers, lake))
     finally:
         server.terminate()
         server.wait(timeout=10)
@@ -146,39 +150,39 @@ def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:
     return sorted(runs, key=lambda r: r["wall_seconds"])[len(runs) // 2]
 
 
-def measure_ingest(args: argparse.Namespace, port: int, tickers: Path) -> dict[str, Any]:
+def measure_ingest(
+    args: argparse.Namespace, port: int, tickers: Path, lake: Path
+) -> dict[str, Any]:
     """One ingest through the CLI, into a fresh lake: its figures and the manifest's counts."""
     s3 = start_s3() if args.s3 else None
     try:
         cpu_before = _children_cpu()
-        with tempfile.TemporaryDirectory() as scratch:
-            lake = args.keep_lake or Path(scratch) / "lake"
-            cmd = [
-                sys.executable, "-m", "stock_pipeline", "ingest",
-                "--tickers-path", str(tickers), "--lake", s3.uri if s3 else str(lake),
-                "--backfill-days", str(args.sessions), "--end", args.end,
-                "--datasets", args.datasets, "--rate-limit", str(args.rate_limit),
-                "--concurrency", str(args.concurrency),
-                "--prices-source", args.prices_source,
-                "--fmp-base-url", f"http://127.0.0.1:{port}",
-            ]  # fmt: skip
-            env = {**os.environ, "FMP_API_KEY": "demo", **(s3.env if s3 else {})}
-            started = time.perf_counter()
-            launched = time.time()
-            done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
-            wall = time.perf_counter() - started
-            # Only the ingest has ended by now: the simulator's usage is not in these figures
-            # (the peak is the largest of any ended child: the floor's is far below).
-            usage = resource.getrusage(resource.RUSAGE_CHILDREN)
-            ingest_cpu = usage.ru_utime + usage.ru_stime - cpu_before
-            if done.returncode != 0:
-                sys.stderr.write(done.stdout + done.stderr)
-                raise SystemExit(f"ingest exited {done.returncode}")
-            if s3:
-                manifest = s3.manifest()
-            else:
-                [manifest_path] = (lake / "_runs").glob("*.json")
-                manifest = json.loads(manifest_path.read_text())
+        cmd = [
+            sys.executable, "-m", "stock_pipeline", "ingest",
+            "--tickers-path", str(tickers), "--lake", s3.uri if s3 else str(lake),
+            "--backfill-days", str(args.sessions), "--end", args.end,
+            "--datasets", args.datasets, "--rate-limit", str(args.rate_limit),
+            "--concurrency", str(args.concurrency),
+            "--prices-source", args.prices_source,
+            "--fmp-base-url", f"http://127.0.0.1:{port}",
+        ]  # fmt: skip
+        env = {**os.environ, "FMP_API_KEY": "demo", **(s3.env if s3 else {})}
+        started = time.perf_counter()
+        launched = time.time()
+        done = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
+        wall = time.perf_counter() - started
+        # Only the ingest has ended by now: the simulator's usage is not in these figures
+        # (the peak is the largest of any ended child: the floor's is far below).
+        usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+        ingest_cpu = usage.ru_utime + usage.ru_stime - cpu_before
+        if done.returncode != 0:
+            sys.stderr.write(done.stdout + done.stderr)
+            raise SystemExit(f"ingest exited {done.returncode}")
+        if s3:
+            manifest = s3.manifest()
+        else:
+            [manifest_path] = (lake / "_runs").glob("*.json")
+            manifest = json.loads(manifest_path.read_text())
     finally:
         if s3:
             s3.stop()
