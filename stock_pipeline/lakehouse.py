@@ -40,6 +40,7 @@ from stock_pipeline.medallion import (
     SOURCE_MODIFIED_AT,
     StatementBasis,
     Tables,
+    add_column_sql,
     bronze_columns,
     bronze_table,
     check_split_sql,
@@ -49,6 +50,7 @@ from stock_pipeline.medallion import (
     gold_view_sql,
     keep_rejects_sql,
     merge_sql,
+    missing_columns,
     refresh_rsi,
     rejects_columns,
     rsi_columns,
@@ -130,7 +132,11 @@ def _count(con: duckdb.DuckDBPyConnection, sql: str) -> int:
 
 
 def _create(con: duckdb.DuckDBPyConnection, table: str, columns: Sequence[Column]) -> None:
+    """Create a table, or add the registry's columns an older database's table lacks."""
     _run(con, to_duckdb(create_table_sql(table, columns, using=None)))
+    existing = [d[0] for d in con.execute(f"SELECT * FROM {table} LIMIT 0").description]
+    for column in missing_columns(existing, columns):
+        _run(con, to_duckdb(add_column_sql(table, column)))
 
 
 def _create_tables(con: duckdb.DuckDBPyConnection) -> None:

@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -195,6 +195,21 @@ def create_table_sql(
     if change_data_feed:
         sql += "\nTBLPROPERTIES (delta.enableChangeDataFeed = true)"
     return sql
+
+
+def missing_columns(existing: Iterable[str], wanted: Sequence[Column]) -> list[Column]:
+    """The registry's columns a table does not have yet (names compare as the engines do, without
+    case)."""
+    have = {name.lower() for name in existing}
+    return [c for c in wanted if c.name.lower() not in have]
+
+
+def add_column_sql(table: str, column: Column) -> str:
+    """Add a registry column to an existing table (rows already there read NULL in it).
+
+    `CREATE TABLE IF NOT EXISTS` leaves a table as it was created: a column the registry gains
+    later is added this way, before any MERGE names it."""
+    return f"ALTER TABLE {table} ADD COLUMN {column.name} {column.type.spark}"
 
 
 def dedup_sql(dataset: Dataset, source: str) -> str:

@@ -14,9 +14,9 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from stock_pipeline.datasets import (
     DATASETS,
@@ -42,6 +42,7 @@ from stock_pipeline.medallion import (
     gold_view_sql,
     keep_rejects_sql,
     merge_sql,
+    missing_columns,
     refresh_rsi,
     rejects_columns,
     rsi_columns,
@@ -199,37 +200,60 @@ def _bronze_table_columns(source: BronzeSource) -> tuple[Column, ...]:
 
 
 def create_tables(spark: SparkSession, tables: Tables, engine: Engine = DATABRICKS) -> list[str]:
-    """Create every Bronze and Silver table that does not exist yet; returns their names.
+    """Create every Bronze and Silver table that does not exist yet, and add to each existing one
+    the registry's columns it lacks; returns the tables' names.
 
     The columns and types come from the registry, so a table created here is the table the
-    ingester's files describe. Bronze may gain columns later (schema evolution); Silver may not."""
+    ingester's files describe, and a column added to the registry reaches Silver before the
+    MERGE that names it."""
     if tables.namespace:
         spark.sql(f"CREATE SCHEMA IF NOT EXISTS {tables.namespace}")
-    statements: dict[str, str] = {}
+    wanted: dict[str, tuple[str, tuple[Column, ...]]] = {}
+
+    def table(name: str, columns: Iterable[Column], **options: Any) -> None:
+        columns = tuple(columns)
+        wanted[name] = (engine.create_table(name, columns, **options), columns)
+
     for source in bronze_sources("unused"):
-        name = tables.name(source.table)
-        statements[name] = engine.create_table(name, _bronze_table_columns(source))
+        table(tables.name(source.table), _bronze_table_columns(source))
     for dataset in DATASETS.values():
-        if dataset.kind == "profile":
-            name = tables.name(silver_table(dataset))
-            statements[name] = engine.create_table(
-                name, dim_company_columns(), cluster_by=("symbol",), change_data_feed=True
-            )
-            continue
         name = tables.name(silver_table(dataset))
-        statements[name] = engine.create_table(
-            name, silver_columns(dataset), cluster_by=dataset.key, change_data_feed=True
-        )
+        if dataset.kind == "profile":
+            table(name, dim_company_columns(), cluster_by=("symbol",), change_data_feed=True)
+            continue
+        table(name, silver_columns(dataset), cluster_by=dataset.key, change_data_feed=True)
         if dataset.figures:
-            name = tables.name(versions_table(dataset))
-            statements[name] = engine.create_table(
-                name, versions_columns(dataset), cluster_by=dataset.key
+            table(
+                tables.name(versions_table(dataset)),
+                versions_columns(dataset),
+                cluster_by=dataset.key,
             )
-    name = tables.name("silver_rejects")
-    statements[name] = engine.create_table(name, rejects_columns(), cluster_by=("dataset",))
-    for statement in statements.values():
+    table(tables.name("silver_rejects"), rejects_columns(), cluster_by=("dataset",))
+    for name, (statement, columns) in wanted.items():
         spark.sql(statement)
-    return list(statements)
+        _add_missing_columns(spark, name, columns, engine)
+    return list(wanted)
+
+
+def _add_missing_columns(
+    spark: SparkSession, table: str, columns: Sequence[Column], engine: Engine
+) -> None:
+    """Give an existing table the registry's columns it lacks (its rows read NULL in them).
+
+    Delta adds them when an empty batch that has them is appended with `mergeSchema`: the same
+    code on Databricks and on local engines that have no `ALTER TABLE ... ADD COLUMNS`."""
+    from pyspark.sql import functions as F
+
+    existing = spark.table(table)
+    missing = missing_columns(existing.columns, columns)
+    if not missing:
+        return
+    log.warning("%s: adding the registry's new columns %s", table, [c.name for c in missing])
+    empty = existing.limit(0).select(
+        *existing.columns, *(F.lit(None).cast(c.type.spark).alias(c.name) for c in missing)
+    )
+    writer = empty.write.format(engine.table_format).mode("append").option("mergeSchema", "true")
+    writer.saveAsTable(table)
 
 
 def seed_versions(spark: SparkSession, tables: Tables) -> list[str]:
@@ -376,6 +400,18 @@ def merge_silver_batch(
 
     A replayed batch (the same `batch_id` after a failure) changes nothing: the MERGE only writes
     newer rows, and a rejected row already kept is not kept twice."""
+    # The batch is read by up to four statements (the MERGEs, the rejects and the count):
+    # persisted, its Bronze files are read once.
+    batch = batch.persist()
+    try:
+        return _merge_persisted(batch, batch_id, dataset, tables)
+    finally:
+        batch.unpersist()
+
+
+def _merge_persisted(
+    batch: DataFrame, batch_id: int, dataset: Dataset, tables: Tables
+) -> BatchCounts:
     spark = batch.sparkSession
     view = f"_batch_{dataset.name}"
     batch.createOrReplaceTempView(view)

@@ -9,6 +9,7 @@ delta-rs, and the Gold views are compared with polars and with the DuckDB lakeho
 
 from __future__ import annotations
 
+import dataclasses
 import datetime as dt
 import shutil
 from collections.abc import Iterator
@@ -22,7 +23,7 @@ import pyarrow as pa
 import pytest
 from deltalake import DeltaTable
 
-from stock_pipeline.datasets import DATASETS
+from stock_pipeline.datasets import DATASETS, Column, ColumnType
 from stock_pipeline.lake import LocalLake, dataset_files
 from stock_pipeline.lakehouse import bronze_frame, build_lakehouse, manifest_files, runs_frame
 from stock_pipeline.medallion import StatementBasis, Tables, bronze_table, silver_table
@@ -112,11 +113,16 @@ def load_night(
         if not files:
             continue
         rows = spark_frame(spark, bronze_frame(lake, dataset, files))
-        rows.write.insertInto(tables.name(bronze_table(dataset)))
+        append_by_name(spark, rows, tables.name(bronze_table(dataset)))
         merge_silver_batch(rows, batch_id, dataset, tables)
     runs = runs_frame(lake, [p for p in manifest_files(lake) if p in paths])
     if runs.height:
         spark_frame(spark, runs).write.insertInto(tables.name(bronze_table("runs")))
+
+
+def append_by_name(spark: SparkSession, rows: DataFrame, table: str) -> None:
+    """Append as Auto Loader does: by column name (a column added later sits last in the table)."""
+    rows.select(*spark.table(table).columns).write.insertInto(table)
 
 
 def replay_night(spark: SparkSession, lake: LocalLake, paths: set[str], batch_id: int) -> None:
@@ -410,3 +416,50 @@ def test_seed_versions_fills_empty_versions_tables_from_bronze(
     streamed = gold(spark, query.format(TABLES.name(versions)))
     assert seeded.height > 30
     assert seeded.equals(streamed)
+
+
+def test_a_column_added_to_the_registry_between_two_nights_reaches_silver(
+    spark: SparkSession,
+    lakes: tuple[MedallionLake, MedallionLake],
+    tmp_path: Path,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    tables = Tables(schema="evolving")
+    engine = Engine(
+        clustering=False, change_data_feed=False, location_root=str(tmp_path / "warehouse")
+    )
+    lake = lakes[1].lake
+    run_1 = set(lakes[1].run_1_files)
+    create_tables(spark, tables, engine)
+    load_night(spark, lake, run_1, batch_id=0, tables=tables)
+
+    # Night 2: the registry has gained a field FMP sends, and the night's files carry it.
+    prices = DATASETS["prices"]
+    night_2 = [p for p in dataset_files(lake, prices) if p not in run_1]
+    rows = bronze_frame(lake, prices, night_2).with_columns(
+        (pl.col("close") * 0.5).alias("adj_close")
+    )
+    wider = dataclasses.replace(
+        prices, columns=(*prices.columns, Column("adj_close", ColumnType.FLOAT, "adjClose"))
+    )
+    monkeypatch.setitem(DATASETS, "prices", wider)
+    create_tables(spark, tables, engine)  # what every night's Bronze and Silver tasks do first
+    batch = spark_frame(spark, rows)
+    append_by_name(spark, batch, tables.name(bronze_table(wider)))
+    counts = merge_silver_batch(batch, 1, wider, tables)
+
+    silver = to_polars(
+        spark.table(tables.name("silver_prices")).select(
+            "symbol", "date", "close", "adj_close", "_ingested_at"
+        )
+    )
+    # The rows that night 2 wrote into Silver (the MERGE keeps the newest) carry the new
+    # column; the rows merged before it existed read NULL in it.
+    from_night_2 = silver.join(
+        rows.select("symbol", "date", "_ingested_at"), on=["symbol", "date", "_ingested_at"]
+    )
+    assert from_night_2.height > counts.rejected
+    assert from_night_2["adj_close"].to_list() == (from_night_2["close"] * 0.5).to_list()
+    assert silver["adj_close"].null_count() == silver.height - from_night_2.height > 600
+    assert create_tables(spark, tables, engine)  # a night after: nothing left to add
+    assert spark.table(tables.name("silver_prices")).columns.count("adj_close") == 1

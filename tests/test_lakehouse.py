@@ -17,7 +17,7 @@ import pytest
 from typer.testing import CliRunner
 
 from stock_pipeline.cli import app
-from stock_pipeline.datasets import DATASETS
+from stock_pipeline.datasets import DATASETS, Column, ColumnType
 from stock_pipeline.errors import LakeError, QueryError
 from stock_pipeline.lake import (
     LocalLake,
@@ -26,7 +26,7 @@ from stock_pipeline.lake import (
     partition_path,
     read_dataset,
 )
-from stock_pipeline.lakehouse import build_lakehouse, refresh_rsi_table, run_query
+from stock_pipeline.lakehouse import _create, build_lakehouse, refresh_rsi_table, run_query
 from stock_pipeline.medallion import StatementBasis, silver_columns
 from stock_pipeline.simulator import Fault
 from tests import split_lake
@@ -670,3 +670,18 @@ def test_cli_reads_statements_on_the_basis_it_is_told(tmp_path: Path) -> None:
     built = runner.invoke(app, [*args, "--statement-basis", "filed"])
     assert built.exit_code == 0, built.output
     assert assert_continuous_across_the_split(table(database, SPLIT_FEATURES)) > 250
+
+
+def test_a_database_built_before_a_registry_column_gains_it() -> None:
+    con = duckdb.connect()
+    prices = DATASETS["prices"]
+    _create(con, "silver_prices", silver_columns(prices))
+    con.execute(
+        "INSERT INTO silver_prices (symbol, date, close) VALUES ('AAPL', DATE '2025-07-01', 1)"
+    )
+    wider = (*silver_columns(prices), Column("adj_close", ColumnType.FLOAT, "adjClose"))
+    _create(con, "silver_prices", wider)  # the next `stock-pipeline lakehouse`
+    _create(con, "silver_prices", wider)  # and the one after: nothing left to add
+    names = [d[0] for d in con.execute("SELECT * FROM silver_prices LIMIT 0").description]
+    assert names == [c.name for c in wider]
+    assert con.execute("SELECT close, adj_close FROM silver_prices").fetchall() == [(1.0, None)]

@@ -12,6 +12,7 @@
 # MAGIC (`valid_from`, `valid_to`, `is_current`).
 # MAGIC
 # MAGIC Statements also keep every version (`silver_<statement>_versions`), for point-in-time Gold.
+# MAGIC A column added to the registry is added to the tables first (rows already there read NULL).
 # MAGIC
 # MAGIC The Silver tables have the change data feed on: read what changed with `table_changes`.
 
