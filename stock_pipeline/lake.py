@@ -6,6 +6,7 @@ Layout (the partition value lives in the path only, as Spark and Hive write it):
     raw/<dataset>/ingest_date=YYYY-MM-DD/<run_id>.parquet   statements, profile
     quarantine/<dataset>/ingest_date=YYYY-MM-DD/<run_id>.parquet
     _runs/<run_id>.json                                     the manifest, written last
+    _probes/                                                S3's access check, deleted after
 
 Files are immutable: a rerun writes new files under its own run id. Local writes go to a hidden
 temporary file first and are renamed into place; S3 uploads carry a SHA-256 checksum the server
@@ -66,6 +67,9 @@ DEFAULT_SSE = "AES256"
 RAW = "raw"
 QUARANTINE = "quarantine"
 RUNS = "_runs"
+#: Where the access check writes its probe: outside `_runs/`, whose new files start the
+#: Databricks job (a file arrival trigger), and outside every folder Bronze reads.
+PROBES = "_probes"
 
 
 @dataclass(frozen=True, slots=True)
@@ -211,7 +215,7 @@ class S3Lake:
         encryption settings, so missing write or KMS permissions stop the run before any request."""
         from botocore.exceptions import BotoCoreError, ClientError
 
-        probe = self._key(f"{RUNS}/.write-probe-{uuid.uuid4().hex}")
+        probe = self._key(f"{PROBES}/.write-probe-{uuid.uuid4().hex}")
         try:
             self.client.head_bucket(Bucket=self.bucket)
             self.client.list_objects_v2(Bucket=self.bucket, Prefix=self._key(RUNS), MaxKeys=1)

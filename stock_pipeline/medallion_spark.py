@@ -302,6 +302,8 @@ def _bronze_reader(spark: SparkSession, source: BronzeSource, schema_root: str,
         stream = stream.format(source.file_format).schema(schema)
     if source.file_format == "json":
         stream = stream.option("multiLine", "true")  # a manifest is one indented JSON object
+        # Manifests only: a stray object in `_runs/` (an older ingester's access probe) is not one.
+        stream = stream.option("pathGlobFilter", "*.json")
     frame = stream.load(source.folder)
     if RESCUED_DATA not in frame.columns:
         frame = frame.withColumn(RESCUED_DATA, F.lit(None).cast("string"))

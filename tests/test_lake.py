@@ -179,6 +179,19 @@ def test_s3_write_encrypts_verifies_and_lists(s3_client: S3Client, bucket: str) 
     assert read_dataset(lake, DATASETS["prices"])["close"].to_list() == [10.0]
 
 
+def test_the_s3_access_check_never_writes_where_the_databricks_trigger_looks(
+    s3_client: S3Client, bucket: str
+) -> None:
+    written: list[str] = []
+    s3_client.meta.events.register(
+        "before-parameter-build.s3.PutObject", lambda params, **_: written.append(params["Key"])
+    )
+    S3Lake(s3_client, bucket, "fmp").check()
+    [probe] = written
+    assert probe.startswith("fmp/_probes/.write-probe-")
+    assert "Contents" not in s3_client.list_objects_v2(Bucket=bucket)  # and it was deleted
+
+
 def test_s3_write_with_a_kms_key(s3_client: S3Client, bucket: str) -> None:
     key_id = "arn:aws:kms:us-east-1:123456789012:key/test"
     lake = S3Lake(s3_client, bucket, kms_key_id=key_id)
