@@ -17,6 +17,7 @@ from databricks.bundles.jobs import Job
 from sqlglot import exp
 
 from stock_pipeline.datasets import DATASETS
+from stock_pipeline.lake import PROBES, RUNS
 from stock_pipeline.medallion import (
     GOLD_VIEWS,
     RSI_TABLE,
@@ -152,7 +153,8 @@ def test_bundle_jobs_are_valid_job_specs(name: str) -> None:
     job = Job.from_dict(spec)  # raises on a field jobs do not have
     assert job.as_dict()["tasks"]
     for task in spec["tasks"]:
-        assert task["libraries"] == [{"whl": "../dist/*.whl"}]
+        # Inside the bundle root: CLIs before about v0.270 refuse a library outside it.
+        assert task["libraries"] == [{"whl": "./dist/*.whl"}]
 
 
 def test_the_job_spec_check_catches_a_misspelled_field() -> None:
@@ -177,7 +179,59 @@ def test_bundle_structure_and_variables() -> None:
     assert all("description" in v for v in BUNDLE["variables"].values())
     artifact = BUNDLE["artifacts"]["stock_pipeline_wheel"]
     assert (BUNDLE_ROOT / artifact["path"] / "pyproject.toml").exists()
-    assert "--wheel-dir dist" in artifact["build"]
+    # Run from the artifact's path (the repository root): the cluster's wheel, in ./dist.
+    assert artifact["build"] == "python databricks/cluster_wheel.py"
+    assert BUNDLE["bundle"]["databricks_cli_version"] == ">= 0.218.0"
+
+
+@pytest.mark.parametrize("name", sorted(BUNDLE["resources"]["jobs"]))
+def test_every_job_queues_times_out_and_warns_when_slow(name: str) -> None:
+    job = BUNDLE["resources"]["jobs"][name]
+    # A trigger or schedule while a run is going waits instead of being skipped.
+    assert job["max_concurrent_runs"] == 1
+    assert job["queue"] == {"enabled": True}
+    [rule] = job["health"]["rules"]
+    assert rule["metric"] == "RUN_DURATION_SECONDS"
+    assert rule["op"] == "GREATER_THAN"
+    assert 0 < rule["value"] < job["timeout_seconds"]
+    assert job["email_notifications"]["on_duration_warning_threshold_exceeded"] == ["${var.notify}"]
+    for task in job["tasks"]:
+        assert 0 < task["timeout_seconds"] < job["timeout_seconds"], task["task_key"]
+
+
+def test_the_trigger_watches_the_manifests_and_nothing_else_writes_there() -> None:
+    trigger = BUNDLE["resources"]["jobs"]["medallion"]["trigger"]["file_arrival"]
+    assert trigger["url"] == f"${{var.lake}}/{RUNS}/"
+    assert PROBES != RUNS  # the S3 access check writes elsewhere (tests/test_lake.py)
+    [runs] = [s for s in bronze_sources("s3://b/lake") if s.folder.endswith(RUNS)]
+    assert runs.file_format == "json"
+
+
+def test_required_variables_have_no_default() -> None:
+    variables = BUNDLE["variables"]
+    required = {name for name, v in variables.items() if "default" not in v}
+    assert required == {"lake", "checkpoint_root", "job_principal"}
+    # Dev runs as the developer; prod must be given its principal (validate fails without it).
+    assert BUNDLE["targets"]["dev"]["variables"]["job_principal"] == ""
+    assert "job_principal" not in BUNDLE["targets"]["prod"].get("variables", {})
+
+
+def test_dev_is_per_user_and_prod_is_restricted() -> None:
+    dev, prod = BUNDLE["targets"]["dev"], BUNDLE["targets"]["prod"]
+    user = "${workspace.current_user.short_name}"
+    assert user in dev["variables"]["schema"]
+    assert user in dev["variables"]["checkpoint_folder"]
+    assert BUNDLE["variables"]["checkpoint_folder"]["default"] == ""
+    for task in tasks():
+        parameters = task["notebook_task"]["base_parameters"]
+        if "checkpoint_root" in parameters:
+            expected = "${var.checkpoint_root}/${var.checkpoint_folder}"
+            assert parameters["checkpoint_root"] == expected
+    # The service principal's home folder, not /Workspace/Shared (every user can edit there).
+    root = prod["workspace"]["root_path"]
+    assert root.startswith("/Workspace/Users/${workspace.current_user.userName}/")
+    assert prod["run_as"] == {"service_principal_name": "${var.job_principal}"}
+    assert {"level": "CAN_VIEW", "group_name": "${var.analysts}"} in prod["permissions"]
 
 
 def test_setup_guide_names_every_variable_and_command() -> None:

@@ -11,12 +11,16 @@ virtualenv and runs it from an empty directory.
 from __future__ import annotations
 
 import ast
+import email.parser
 import importlib.metadata
+import importlib.util
 import re
 import sys
 import tomllib
+import zipfile
 from collections.abc import Iterable
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -199,3 +203,57 @@ def test_the_import_scan_sees_function_level_imports_and_skips_type_checking_one
     imports = _runtime_imports(PACKAGE / "medallion_spark.py")
     assert "pyspark.sql" in imports  # imported inside a function
     assert "pyspark.sql.streaming.query" not in imports  # only under TYPE_CHECKING
+
+
+def _cluster_wheel_module() -> Any:
+    spec = importlib.util.spec_from_file_location(
+        "cluster_wheel", REPO / "databricks" / "cluster_wheel.py"
+    )
+    assert spec is not None
+    assert spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_the_cluster_wheel_requires_only_the_databricks_extra(tmp_path: Path) -> None:
+    cluster_wheel = _cluster_wheel_module()
+    info = "stock_pipeline-0.1.0.dist-info"
+    metadata = (
+        "Metadata-Version: 2.4\nName: stock-pipeline\nVersion: 0.1.0\n"
+        "Requires-Dist: aiohttp>=3.9\nRequires-Dist: typer>=0.12\nProvides-Extra: lakehouse\n"
+        'Requires-Dist: duckdb>=1.4; extra == "lakehouse"\n\nThe description.\n'
+    )
+    wheel = tmp_path / "stock_pipeline-0.1.0-py3-none-any.whl"
+    with zipfile.ZipFile(wheel, "w") as built:
+        built.writestr("stock_pipeline/__init__.py", "VALUE = 1\n")
+        built.writestr(f"{info}/METADATA", metadata)
+        built.writestr(f"{info}/WHEEL", "Wheel-Version: 1.0\nTag: py3-none-any\n")
+        built.writestr(f"{info}/entry_points.txt", "[console_scripts]\nx = y:z\n")
+        built.writestr(f"{info}/RECORD", "stale\n")
+    requirements = cluster_wheel.cluster_requirements(REPO / "pyproject.toml")
+    assert requirements == PYPROJECT["project"]["optional-dependencies"]["databricks"]
+
+    out = cluster_wheel.rewrite(wheel, requirements, tmp_path / "dist")
+
+    assert out.name == "stock_pipeline-0.1.0+databricks-py3-none-any.whl"
+    new_info = "stock_pipeline-0.1.0+databricks.dist-info"
+    with zipfile.ZipFile(out) as rewritten:
+        names = set(rewritten.namelist())
+        assert names == {
+            "stock_pipeline/__init__.py",
+            f"{new_info}/METADATA",
+            f"{new_info}/WHEEL",
+            f"{new_info}/RECORD",
+        }
+        parsed = email.parser.Parser().parsestr(rewritten.read(f"{new_info}/METADATA").decode())
+        assert parsed["Version"] == "0.1.0+databricks"
+        assert parsed.get_all("Requires-Dist") == requirements
+        assert parsed.get_all("Provides-Extra") is None
+        assert parsed.get_payload() == "The description.\n"
+        for line in rewritten.read(f"{new_info}/RECORD").decode().splitlines():
+            path, digest, size = line.split(",")
+            if path.endswith("RECORD"):
+                continue
+            data = rewritten.read(path)
+            assert (digest, int(size)) == (cluster_wheel._digest(data), len(data)), path
