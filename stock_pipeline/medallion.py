@@ -1040,6 +1040,53 @@ LEFT JOIN quarantined AS q ON q.dataset = l.dataset
 LEFT JOIN runs AS r ON r._recency = 1"""
 
 
+def data_health_alert_sql(tables: Tables, today: str = "current_date()") -> str:
+    """One row: how many problems `data_health` and the last run show (`problems`), and what they
+    are (`details`). The workspace's SQL alert fires when `problems` is above 0.
+
+    A problem is: a price dataset whose data ends before the last exchange session before `today`
+    (a night that did not land), session gaps, a last run that did not end `ok`, no run for two
+    days, or rows fetched since yesterday that Silver rejected or the ingester quarantined.
+    `today` is a SQL date expression (tests pass a literal)."""
+    health, runs = tables.name("data_health"), tables.name("bronze_runs")
+    prices = ", ".join(f"'{n}'" for n, d in DATASETS.items() if d.kind == "prices")
+    return f"""WITH last_session AS (
+  SELECT MAX(session) AS session FROM {tables.name("ref_exchange_sessions")} WHERE session < {today}
+), last_run AS (
+  SELECT run_id, status, finished_at FROM {runs} ORDER BY run_id DESC LIMIT 1
+), problems AS (
+  SELECT h.dataset || ': data ends ' || COALESCE(CAST(h.latest_landed AS STRING), 'nowhere')
+    || ', the last session was ' || CAST(s.session AS STRING) AS problem
+  FROM {health} AS h CROSS JOIN last_session AS s
+  WHERE h.dataset IN ({prices}) AND (h.dataset = 'prices' OR h.silver_rows > 0)
+    AND (h.latest_landed IS NULL OR h.latest_landed < s.session)
+  UNION ALL
+  SELECT h.dataset || ': ' || CAST(h.session_gaps AS STRING) || ' sessions missing'
+  FROM {health} AS h WHERE h.session_gaps > 0
+  UNION ALL
+  SELECT 'the last run, ' || r.run_id || ', ended ' || r.status FROM last_run AS r
+  WHERE r.status <> 'ok'
+  UNION ALL
+  SELECT 'no run since ' || CAST(r.finished_at AS STRING) FROM last_run AS r
+  WHERE CAST(r.finished_at AS DATE) < date_sub({today}, 1)
+  UNION ALL
+  SELECT 'no run has landed' WHERE NOT EXISTS (SELECT 1 FROM {runs})
+  UNION ALL
+  SELECT x.dataset || ': ' || CAST(COUNT(*) AS STRING) || ' rows rejected by Silver since '
+    || CAST(date_sub({today}, 1) AS STRING)
+  FROM {tables.name("silver_rejects")} AS x
+  WHERE CAST(x._ingested_at AS DATE) >= date_sub({today}, 1)
+  GROUP BY x.dataset
+  UNION ALL
+  SELECT q.dataset || ': ' || CAST(COUNT(*) AS STRING) || ' rows quarantined since '
+    || CAST(date_sub({today}, 1) AS STRING)
+  FROM {tables.name("bronze_quarantine")} AS q
+  WHERE CAST(q._ingested_at AS DATE) >= date_sub({today}, 1)
+  GROUP BY q.dataset
+)
+SELECT COUNT(*) AS problems, array_join(collect_list(problem), '; ') AS details FROM problems"""
+
+
 def exchange_sessions(until: dt.date, since: dt.date = EARLIEST_SESSION) -> list[tuple[dt.date]]:
     """Rows of `ref_exchange_sessions`: every NYSE session from `since` (1990) to `until`."""
     return [(day,) for day in sessions_between(since, until)]

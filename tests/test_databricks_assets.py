@@ -22,6 +22,7 @@ from stock_pipeline.medallion import (
     GOLD_VIEWS,
     RSI_TABLE,
     Tables,
+    data_health_alert_sql,
     silver_columns,
     silver_table,
     versions_table,
@@ -101,6 +102,21 @@ def test_sql_cells_parse_as_databricks_sql_and_name_registry_tables(notebook: Pa
         named = set(re.findall(r"'\.(\w+)'\)", sql))
         assert named, sql
         assert named <= KNOWN_TABLES, named - KNOWN_TABLES
+
+
+def test_the_health_alert_query_parses_as_databricks_sql_and_reads_known_tables() -> None:
+    sql = data_health_alert_sql(Tables("main", "stock_pipeline"))
+    statement = sqlglot.parse_one(sql, read="databricks")
+    ctes = {cte.alias for cte in statement.find_all(exp.CTE)}
+    read = {t.name for t in statement.find_all(exp.Table)} - ctes
+    assert read == {
+        "data_health",
+        "ref_exchange_sessions",
+        "bronze_runs",
+        "silver_rejects",
+        "bronze_quarantine",
+    }
+    assert read <= KNOWN_TABLES
 
 
 def test_maintenance_statements_cover_every_table() -> None:

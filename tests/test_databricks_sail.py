@@ -26,7 +26,13 @@ from deltalake import DeltaTable
 from stock_pipeline.datasets import DATASETS, Column, ColumnType
 from stock_pipeline.lake import LocalLake, dataset_files
 from stock_pipeline.lakehouse import bronze_frame, build_lakehouse, manifest_files, runs_frame
-from stock_pipeline.medallion import StatementBasis, Tables, bronze_table, silver_table
+from stock_pipeline.medallion import (
+    StatementBasis,
+    Tables,
+    bronze_table,
+    data_health_alert_sql,
+    silver_table,
+)
 from stock_pipeline.medallion_spark import (
     Engine,
     build_gold,
@@ -463,3 +469,35 @@ def test_a_column_added_to_the_registry_between_two_nights_reaches_silver(
     assert silver["adj_close"].null_count() == silver.height - from_night_2.height > 600
     assert create_tables(spark, tables, engine)  # a night after: nothing left to add
     assert spark.table(tables.name("silver_prices")).columns.count("adj_close") == 1
+
+
+def health_alert(spark: SparkSession, tables: Tables, today: dt.date) -> tuple[int, str]:
+    """What the workspace's SQL alert on `data_health` sees on the morning of `today`."""
+    [row] = spark.sql(data_health_alert_sql(tables, f"DATE'{today}'")).collect()
+    return int(row["problems"]), row["details"] or ""
+
+
+def test_the_health_alert_fires_on_a_stale_lake_and_stays_quiet_on_a_fresh_one(
+    spark: SparkSession, lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    tables = Tables(schema="alerting")
+    engine = Engine(
+        clustering=False, change_data_feed=False, location_root=str(tmp_path / "warehouse")
+    )
+    create_tables(spark, tables, engine)
+    lake = lakes[0].lake  # run 1: sessions to Thursday 2025-07-24, landed that night
+    load_night(spark, lake, set(lake.list_files("")), batch_id=0, tables=tables)
+    build_gold(spark, tables, engine, today=TODAY)
+
+    assert health_alert(spark, tables, dt.date(2025, 7, 25)) == (0, "")  # Friday morning
+    problems, details = health_alert(spark, tables, dt.date(2025, 8, 15))  # three weeks on
+    assert problems == 1
+    assert details == "prices: data ends 2025-07-24, the last session was 2025-08-14"
+
+
+def test_the_health_alert_names_the_rows_rejected_since_yesterday(
+    spark: SparkSession, built: Built
+) -> None:
+    problems, details = health_alert(spark, TABLES, dt.date(2025, 7, 31))
+    assert problems == 1
+    assert details == "prices: 1 rows rejected by Silver since 2025-07-30"
