@@ -1050,6 +1050,14 @@ def data_health_alert_sql(tables: Tables, today: str = "current_date()") -> str:
     `today` is a SQL date expression (tests pass a literal)."""
     health, runs = tables.name("data_health"), tables.name("bronze_runs")
     prices = ", ".join(f"'{n}'" for n, d in DATASETS.items() if d.kind == "prices")
+
+    def since_yesterday(table: str, what: str) -> str:
+        return f"""SELECT x.dataset || ': ' || CAST(COUNT(*) AS STRING) || ' rows {what} since '
+    || CAST(date_sub({today}, 1) AS STRING)
+  FROM {tables.name(table)} AS x
+  WHERE CAST(x._ingested_at AS DATE) >= date_sub({today}, 1)
+  GROUP BY x.dataset"""
+
     return f"""WITH last_session AS (
   SELECT MAX(session) AS session FROM {tables.name("ref_exchange_sessions")} WHERE session < {today}
 ), last_run AS (
@@ -1072,17 +1080,9 @@ def data_health_alert_sql(tables: Tables, today: str = "current_date()") -> str:
   UNION ALL
   SELECT 'no run has landed' WHERE NOT EXISTS (SELECT 1 FROM {runs})
   UNION ALL
-  SELECT x.dataset || ': ' || CAST(COUNT(*) AS STRING) || ' rows rejected by Silver since '
-    || CAST(date_sub({today}, 1) AS STRING)
-  FROM {tables.name("silver_rejects")} AS x
-  WHERE CAST(x._ingested_at AS DATE) >= date_sub({today}, 1)
-  GROUP BY x.dataset
+  {since_yesterday("silver_rejects", "rejected by Silver")}
   UNION ALL
-  SELECT q.dataset || ': ' || CAST(COUNT(*) AS STRING) || ' rows quarantined since '
-    || CAST(date_sub({today}, 1) AS STRING)
-  FROM {tables.name("bronze_quarantine")} AS q
-  WHERE CAST(q._ingested_at AS DATE) >= date_sub({today}, 1)
-  GROUP BY q.dataset
+  {since_yesterday("bronze_quarantine", "quarantined")}
 )
 SELECT COUNT(*) AS problems, array_join(collect_list(problem), '; ') AS details FROM problems"""
 
