@@ -30,6 +30,10 @@ __all__ = [
     "BRONZE_LINEAGE",
     "COMPANY_ATTRIBUTES",
     "DEFAULT_STATEMENT_BASIS",
+    "GOLD_CHANGES",
+    "GOLD_NEW_FILES",
+    "GOLD_SEEN_FILES",
+    "GOLD_TABLES",
     "GOLD_VIEWS",
     "RSI_TABLE",
     "SILVER_LINEAGE",
@@ -37,16 +41,25 @@ __all__ = [
     "TRADING_DAYS_PER_YEAR",
     "StatementBasis",
     "Tables",
+    "add_column_sql",
     "bronze_table",
     "check_split_sql",
     "create_table_sql",
+    "data_health_alert_sql",
     "dedup_sql",
     "dim_company_columns",
     "exchange_sessions",
+    "gold_changes_sql",
+    "gold_invalidate_sql",
+    "gold_new_files_sql",
+    "gold_refill_sql",
+    "gold_source",
+    "gold_source_sql",
     "gold_view_sql",
     "keep_rejects_sql",
     "merge_condition",
     "merge_sql",
+    "missing_columns",
     "refresh_rsi",
     "rejects_columns",
     "rsi_columns",
@@ -1045,8 +1058,9 @@ def data_health_alert_sql(tables: Tables, today: str = "current_date()") -> str:
     are (`details`). The workspace's SQL alert fires when `problems` is above 0.
 
     A problem is: a price dataset whose data ends before the last exchange session before `today`
-    (a night that did not land), session gaps, a last run that did not end `ok`, no run for two
-    days, or rows fetched since yesterday that Silver rejected or the ingester quarantined.
+    (a night that did not land), session gaps, a last run that did not end `ok`, no run that
+    ended on or after that session's day (the nightly runs each session's evening), or rows
+    fetched since yesterday that Silver rejected or the ingester quarantined.
     `today` is a SQL date expression (tests pass a literal)."""
     health, runs = tables.name("data_health"), tables.name("bronze_runs")
     prices = ", ".join(f"'{n}'" for n, d in DATASETS.items() if d.kind == "prices")
@@ -1076,7 +1090,7 @@ def data_health_alert_sql(tables: Tables, today: str = "current_date()") -> str:
   WHERE r.status <> 'ok'
   UNION ALL
   SELECT 'no run since ' || CAST(r.finished_at AS STRING) FROM last_run AS r
-  WHERE CAST(r.finished_at AS DATE) < date_sub({today}, 1)
+  CROSS JOIN last_session AS s WHERE CAST(r.finished_at AS DATE) < s.session
   UNION ALL
   SELECT 'no run has landed' WHERE NOT EXISTS (SELECT 1 FROM {runs})
   UNION ALL
@@ -1099,6 +1113,88 @@ GOLD_VIEWS = {
     "daily_features": daily_features_sql,
     "data_health": data_health_sql,
 }
+
+
+#: The Gold views analysts query that the job keeps as tables (same names), each with the date
+#: column from which a change to a symbol's inputs can reach its rows. `data_health` stays a
+#: view: a row per dataset.
+GOLD_TABLES: dict[str, str] = {
+    "price_features": "date",
+    "fundamentals_pit": "known_from",
+    "daily_features": "date",
+}
+#: Bronze files whose rows the Gold tables have taken in.
+GOLD_SEEN_FILES = "gold_seen_files"
+#: Session views a refresh fills with this night's new files and changed symbols.
+GOLD_NEW_FILES = "_gold_new_files"
+GOLD_CHANGES = "_gold_changes"
+#: Before every session: a split re-bases a symbol's whole history.
+_WHOLE_HISTORY = dt.date(1900, 1, 1)
+
+
+def gold_source(name: str) -> str:
+    """The view that computes a Gold table in full: what a refresh copies from."""
+    return f"_{name}_source"
+
+
+def gold_source_sql(
+    name: str, tables: Tables, basis: StatementBasis = DEFAULT_STATEMENT_BASIS
+) -> str:
+    """The CREATE VIEW of a Gold table's full computation, under its source name."""
+    sql = gold_view_sql(name, tables, basis)
+    header = f"CREATE OR REPLACE VIEW {tables.name(name)} AS"
+    if not sql.startswith(header):
+        raise ValueError(f"{name}: the Gold SQL does not start with {header!r}")
+    return f"CREATE OR REPLACE VIEW {tables.name(gold_source(name))} AS" + sql[len(header) :]
+
+
+def _gold_inputs() -> list[Dataset]:
+    """The datasets whose Bronze rows can change a Gold table (profiles do not)."""
+    return [d for d in DATASETS.values() if d.kind in ("prices", "statement", "events")]
+
+
+def gold_new_files_sql(tables: Tables) -> str:
+    """The Bronze files of Gold's inputs whose rows the Gold tables have not taken in yet."""
+    seen = tables.name(GOLD_SEEN_FILES)
+    return "\nUNION\n".join(
+        f"SELECT DISTINCT b.{SOURCE_FILE} FROM {tables.name(bronze_table(d))} AS b "
+        f"LEFT ANTI JOIN {seen} AS f ON f.{SOURCE_FILE} = b.{SOURCE_FILE}"
+        for d in _gold_inputs()
+    )
+
+
+def gold_changes_sql(tables: Tables) -> str:
+    """Per symbol, the first date from which its Gold rows may change, from the rows of the new
+    files (`GOLD_NEW_FILES`): the earliest session of a price, the earliest period end of a
+    statement (no version is known before its period ends), and for a split the whole history.
+    Windows look back only, so rows before that date stay as they are."""
+    parts = []
+    for d in _gold_inputs():
+        since = f"DATE'{_WHOLE_HISTORY}'" if d.kind == "events" else "MIN(b.date)"
+        parts.append(
+            f"SELECT b.symbol, {since} AS since FROM {tables.name(bronze_table(d))} AS b "
+            f"JOIN {GOLD_NEW_FILES} AS n ON n.{SOURCE_FILE} = b.{SOURCE_FILE} GROUP BY b.symbol"
+        )
+    union = "\n  UNION ALL\n  ".join(parts)
+    return f"SELECT symbol, MIN(since) AS since FROM (\n  {union}\n) AS c GROUP BY symbol"
+
+
+def gold_invalidate_sql(name: str, tables: Tables) -> str:
+    """Delete a Gold table's rows that this night's changes can alter."""
+    return (
+        f"MERGE INTO {tables.name(name)} AS t USING {GOLD_CHANGES} AS c ON t.symbol = c.symbol\n"
+        f"WHEN MATCHED AND t.{GOLD_TABLES[name]} >= c.since THEN DELETE"
+    )
+
+
+def gold_refill_sql(name: str, tables: Tables) -> str:
+    """Compute those rows again from the table's source view."""
+    column = GOLD_TABLES[name]
+    return (
+        f"INSERT INTO {tables.name(name)}\n"
+        f"SELECT s.* FROM {tables.name(gold_source(name))} AS s\n"
+        f"JOIN {GOLD_CHANGES} AS c ON s.symbol = c.symbol AND s.{column} >= c.since"
+    )
 
 
 def gold_view_sql(

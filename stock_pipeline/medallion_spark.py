@@ -26,6 +26,10 @@ from stock_pipeline.datasets import (
 )
 from stock_pipeline.medallion import (
     DEFAULT_STATEMENT_BASIS,
+    GOLD_CHANGES,
+    GOLD_NEW_FILES,
+    GOLD_SEEN_FILES,
+    GOLD_TABLES,
     GOLD_VIEWS,
     RESCUED_DATA,
     RSI_TABLE,
@@ -39,6 +43,12 @@ from stock_pipeline.medallion import (
     create_table_sql,
     dim_company_columns,
     exchange_sessions,
+    gold_changes_sql,
+    gold_invalidate_sql,
+    gold_new_files_sql,
+    gold_refill_sql,
+    gold_source,
+    gold_source_sql,
     gold_view_sql,
     keep_rejects_sql,
     merge_sql,
@@ -64,12 +74,14 @@ __all__ = [
     "DATABRICKS",
     "BatchCounts",
     "Engine",
+    "GoldRefresh",
     "bronze_sources",
     "build_gold",
     "create_tables",
     "maintain_tables",
     "maintenance_sql",
     "merge_silver_batch",
+    "refresh_gold_tables",
     "run_bronze",
     "run_silver",
     "seed_versions",
@@ -115,6 +127,16 @@ class Engine:
 
 
 DATABRICKS = Engine()
+
+
+def _create_table_as(engine: Engine, table: str, query: str, *, cluster_by: Iterable[str]) -> str:
+    """CREATE OR REPLACE TABLE ... AS `query`, clustered and placed as the engine does tables."""
+    sql = f"CREATE OR REPLACE TABLE {table} USING {engine.table_format}"
+    if engine.clustering and cluster_by:
+        sql += f"\nCLUSTER BY ({', '.join(cluster_by)})"
+    if engine.location_root is not None:
+        sql += f"\nLOCATION '{engine.location_root}/{table.replace('.', '/')}'"
+    return f"{sql}\nAS {query}"
 
 
 @dataclass(frozen=True, slots=True)
@@ -486,8 +508,9 @@ def run_silver(
 
 def build_gold(spark: SparkSession, tables: Tables, engine: Engine = DATABRICKS, *,
                today: dt.date | None = None,
-               statement_basis: StatementBasis = DEFAULT_STATEMENT_BASIS) -> list[str]:  # fmt: skip
-    """The exchange calendar table, `gold_rsi_14`, then every Gold view; returns the view names.
+               statement_basis: StatementBasis = DEFAULT_STATEMENT_BASIS) -> GoldRefresh:  # fmt: skip
+    """The exchange calendar table, `gold_rsi_14`, the Gold tables (refreshed where this night's
+    files change them) and the `data_health` view; returns what the refresh did.
     `statement_basis` is the share basis of FMP's statements (`medallion.StatementBasis`)."""
     until = (today or dt.date.today()) + dt.timedelta(days=366)
     sessions = tables.name("ref_exchange_sessions")
@@ -497,9 +520,77 @@ def build_gold(spark: SparkSession, tables: Tables, engine: Engine = DATABRICKS,
     rsi = tables.name(RSI_TABLE)
     spark.sql(engine.create_table(rsi, rsi_columns(), cluster_by=("symbol", "date")))
     refresh_rsi(spark.sql, lambda sql: int(spark.sql(sql).collect()[0][0]), tables)
-    for name in GOLD_VIEWS:
+    refreshed = refresh_gold_tables(spark, tables, engine, statement_basis=statement_basis)
+    for name in GOLD_VIEWS.keys() - GOLD_TABLES.keys():
         spark.sql(gold_view_sql(name, tables, statement_basis))
-    return list(GOLD_VIEWS)
+    return refreshed
+
+
+@dataclass(frozen=True, slots=True)
+class GoldRefresh:
+    """What a night's refresh did: the new Bronze files, the symbols they touch, and per Gold
+    table the rows written (None: built in full)."""
+
+    new_files: int
+    symbols: int
+    rows: dict[str, int | None]
+
+    def __str__(self) -> str:
+        written = ", ".join(
+            f"{name} {'built in full' if n is None else f'{n} rows'}"
+            for name, n in self.rows.items()
+        )
+        return f"{self.new_files} new files, {self.symbols} symbols: {written}"
+
+
+def refresh_gold_tables(
+    spark: SparkSession,
+    tables: Tables,
+    engine: Engine = DATABRICKS,
+    *,
+    statement_basis: StatementBasis = DEFAULT_STATEMENT_BASIS,
+) -> GoldRefresh:
+    """Bring each Gold table up to Silver: per symbol that the Bronze files not taken in yet touch,
+    delete its rows from the first date they can change and compute them again from the table's
+    source view. A table that does not exist yet (or is still a view, or whose columns changed)
+    is built in full. The files are then marked as taken in, so a failed night is redone."""
+    seen = tables.name(GOLD_SEEN_FILES)
+    spark.sql(engine.create_table(seen, (Column(SOURCE_FILE, ColumnType.STRING),)))
+    files = [row[0] for row in spark.sql(gold_new_files_sql(tables)).collect()]
+    spark.createDataFrame([(f,) for f in files], f"{SOURCE_FILE} string").createOrReplaceTempView(
+        GOLD_NEW_FILES
+    )
+    changes = [tuple(row) for row in spark.sql(gold_changes_sql(tables)).collect()]
+    spark.createDataFrame(changes, "symbol string, since date").createOrReplaceTempView(
+        GOLD_CHANGES
+    )
+    rows: dict[str, int | None] = {}
+    for name, column in GOLD_TABLES.items():  # in order: daily_features reads fundamentals_pit
+        table, source = tables.name(name), tables.name(gold_source(name))
+        spark.sql(gold_source_sql(name, tables, statement_basis))
+        if _is_table(spark, table) and spark.table(table).columns == spark.table(source).columns:
+            spark.sql(gold_invalidate_sql(name, tables))
+            spark.sql(gold_refill_sql(name, tables))
+            rows[name] = spark.sql(
+                f"SELECT COUNT(*) FROM {table} AS t JOIN {GOLD_CHANGES} AS c "
+                f"ON t.symbol = c.symbol AND t.{column} >= c.since"
+            ).collect()[0][0]
+            continue
+        spark.sql(f"DROP VIEW IF EXISTS {table}")  # a deployment from before the tables
+        spark.sql(
+            _create_table_as(
+                engine, table, f"SELECT * FROM {source}", cluster_by=("symbol", column)
+            )
+        )
+        rows[name] = None
+    spark.sql(f"INSERT INTO {seen} SELECT {SOURCE_FILE} FROM {GOLD_NEW_FILES}")
+    return GoldRefresh(len(files), len(changes), rows)
+
+
+def _is_table(spark: SparkSession, name: str) -> bool:
+    return (
+        bool(spark.catalog.tableExists(name)) and spark.catalog.getTable(name).tableType != "VIEW"
+    )
 
 
 # --- upkeep -------------------------------------------------------------------------------------
@@ -519,6 +610,7 @@ def maintenance_sql(tables: Tables) -> list[str]:
             columns[tables.name(versions_table(dataset))] = versions_columns(dataset)
     columns[tables.name("silver_rejects")] = rejects_columns()
     columns[tables.name(RSI_TABLE)] = rsi_columns()
+    columns[tables.name(GOLD_SEEN_FILES)] = (Column(SOURCE_FILE, ColumnType.STRING),)
     statements = []
     for name, table_columns in columns.items():
         statements += [
@@ -526,6 +618,13 @@ def maintenance_sql(tables: Tables) -> list[str]:
             f"VACUUM {name} RETAIN {RETENTION_HOURS} HOURS",
             f"ANALYZE TABLE {name} COMPUTE STATISTICS FOR COLUMNS "
             + ", ".join(c.name for c in table_columns),
+        ]
+    # The Gold tables' columns are their SQL's, all of them plain.
+    for name in (tables.name(n) for n in GOLD_TABLES):
+        statements += [
+            f"OPTIMIZE {name}",
+            f"VACUUM {name} RETAIN {RETENTION_HOURS} HOURS",
+            f"ANALYZE TABLE {name} COMPUTE STATISTICS FOR ALL COLUMNS",
         ]
     return statements
 

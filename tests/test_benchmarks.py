@@ -9,6 +9,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+from stock_pipeline.lakehouse import build_lakehouse
+from tests.medallion_lake import TODAY, MedallionLake
 from tests.support import REPO
 
 
@@ -46,3 +48,24 @@ def test_the_nightly_benchmark_plans_a_month_of_nights(tmp_path: Path) -> None:
     assert figures["before_every_night"] == 40 * 9
     assert figures["median"] < figures["before_every_night"]
     assert figures["longest_days_between_full_refreshes"] <= 31
+
+
+def test_the_gold_query_benchmark_times_views_and_tables(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    database = tmp_path / "lake.duckdb"
+    build_lakehouse(lakes[1].lake, database, today=TODAY)
+    output = tmp_path / "gold.json"
+    subprocess.run(
+        [
+            sys.executable, str(REPO / "benchmarks" / "gold_queries.py"),
+            "--database", str(database), "--runs", "1", "--output", str(output),
+        ],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    figures = json.loads(output.read_text())
+    assert figures["gold_rows"]["price_features"] > 600
+    assert len(figures["queries"]) == 2
+    for timings in figures["queries"].values():
+        assert timings["views_seconds"] > 0
+        assert timings["tables_seconds"] > 0

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import json
 import re
 from pathlib import Path
 from typing import Any
@@ -13,12 +14,17 @@ from typing import Any
 import pytest
 import sqlglot
 import yaml
+from databricks.bundles.alerts import Alert
+from databricks.bundles.dashboards import Dashboard
 from databricks.bundles.jobs import Job
 from sqlglot import exp
 
+from stock_pipeline.dashboard import DASHBOARD_FILE, dashboard_queries, health_dashboard
 from stock_pipeline.datasets import DATASETS
 from stock_pipeline.lake import PROBES, RUNS
 from stock_pipeline.medallion import (
+    GOLD_SEEN_FILES,
+    GOLD_TABLES,
     GOLD_VIEWS,
     RSI_TABLE,
     Tables,
@@ -47,7 +53,7 @@ TARGET_KEYS = {
 KNOWN_TABLES = (
     {s.table for s in bronze_sources("unused")}
     | {silver_table(d) for d in DATASETS.values()}
-    | {"silver_rejects", "ref_exchange_sessions", *GOLD_VIEWS}
+    | {"silver_rejects", "ref_exchange_sessions", GOLD_SEEN_FILES, *GOLD_VIEWS}
 )
 
 
@@ -134,13 +140,17 @@ def test_maintenance_statements_cover_every_table() -> None:
     prices = next(s for s in silver if s.startswith("ANALYZE TABLE silver_prices "))
     listed = prices.split(" FOR COLUMNS ")[1].split(", ")
     assert listed == [c.name for c in silver_columns(DATASETS["prices"])]
-    assert all(" FOR COLUMNS " in s for s in analyze)
+    # Gold's columns are its SQL's: every one of them is plain.
+    gold = {
+        f"ANALYZE TABLE main.stocks.{n} COMPUTE STATISTICS FOR ALL COLUMNS" for n in GOLD_TABLES
+    }
+    assert {s for s in analyze if " FOR COLUMNS " not in s} == gold
     expected = (
         {s.table for s in bronze_sources("unused")}
         | {silver_table(d) for d in DATASETS.values()}
         | {versions_table(d) for d in DATASETS.values() if d.figures}
     )
-    assert named == expected | {"silver_rejects", RSI_TABLE}
+    assert named == expected | {"silver_rejects", RSI_TABLE, GOLD_SEEN_FILES, *GOLD_TABLES}
     assert all("RETAIN 168 HOURS" in s for s in statements if s.startswith("VACUUM"))
 
 
@@ -197,7 +207,6 @@ def test_bundle_structure_and_variables() -> None:
     assert (BUNDLE_ROOT / artifact["path"] / "pyproject.toml").exists()
     # Run from the artifact's path (the repository root): the cluster's wheel, in ./dist.
     assert artifact["build"] == "python databricks/cluster_wheel.py"
-    assert BUNDLE["bundle"]["databricks_cli_version"] == ">= 0.218.0"
 
 
 @pytest.mark.parametrize("name", sorted(BUNDLE["resources"]["jobs"]))
@@ -226,7 +235,7 @@ def test_the_trigger_watches_the_manifests_and_nothing_else_writes_there() -> No
 def test_required_variables_have_no_default() -> None:
     variables = BUNDLE["variables"]
     required = {name for name, v in variables.items() if "default" not in v}
-    assert required == {"lake", "checkpoint_root", "job_principal"}
+    assert required == {"lake", "checkpoint_root", "job_principal", "warehouse_id"}
     # Dev runs as the developer; prod must be given its principal (validate fails without it).
     assert BUNDLE["targets"]["dev"]["variables"]["job_principal"] == ""
     assert "job_principal" not in BUNDLE["targets"]["prod"].get("variables", {})
@@ -260,3 +269,33 @@ def test_setup_guide_names_every_variable_and_command() -> None:
         "databricks bundle run",
     ):
         assert command in guide
+
+
+def test_the_alert_is_the_health_alert_query_and_fires_above_zero_problems() -> None:
+    spec = BUNDLE["resources"]["alerts"]["data_health"]
+    alert = Alert.from_dict(spec)  # raises on a field alerts do not have
+    assert alert.as_dict()["display_name"]
+    generated = data_health_alert_sql(Tables("${var.catalog}", "${var.schema}"))
+    assert spec["query_text"] == generated
+    evaluation = spec["evaluation"]
+    assert evaluation["source"]["name"] == "problems"
+    assert evaluation["comparison_operator"] == "GREATER_THAN"
+    assert evaluation["threshold"] == {"value": {"double_value": 0}}
+    assert evaluation["notification"]["subscriptions"] == [{"user_email": "${var.notify}"}]
+    assert spec["warehouse_id"] == "${var.warehouse_id}"
+    # Alerts in bundles need the CLI named in the bundle (its release notes: v0.279.0).
+    assert BUNDLE["bundle"]["databricks_cli_version"] == ">= 0.279.0"
+
+
+def test_the_dashboard_file_is_the_generated_one_and_reads_known_tables() -> None:
+    spec = BUNDLE["resources"]["dashboards"]["data_health"]
+    Dashboard.from_dict(spec)
+    assert (spec["dataset_catalog"], spec["dataset_schema"]) == ("${var.catalog}", "${var.schema}")
+    path = BUNDLE_ROOT / spec["file_path"]
+    assert path == REPO / DASHBOARD_FILE
+    assert json.loads(path.read_text()) == health_dashboard()
+    for name, (_, sql, columns) in dashboard_queries().items():
+        statement = sqlglot.parse_one(sql, read="databricks")
+        ctes = {cte.alias for cte in statement.find_all(exp.CTE)}
+        assert {t.name for t in statement.find_all(exp.Table)} - ctes <= KNOWN_TABLES, name
+        assert [s.alias_or_name for s in statement.selects] == list(columns), name

@@ -20,17 +20,21 @@ from typing import TYPE_CHECKING
 import duckdb
 import polars as pl
 import pyarrow as pa
+import pyarrow.parquet as pq
 import pytest
 from deltalake import DeltaTable
 
+from stock_pipeline.dashboard import dashboard_queries
 from stock_pipeline.datasets import DATASETS, Column, ColumnType
-from stock_pipeline.lake import LocalLake, dataset_files
+from stock_pipeline.lake import LocalLake, dataset_files, encode_partition, partition_path
 from stock_pipeline.lakehouse import bronze_frame, build_lakehouse, manifest_files, runs_frame
 from stock_pipeline.medallion import (
+    GOLD_TABLES,
     StatementBasis,
     Tables,
     bronze_table,
     data_health_alert_sql,
+    gold_source,
     silver_table,
 )
 from stock_pipeline.medallion_spark import (
@@ -57,6 +61,7 @@ from tests.medallion_lake import (
     expected_silver,
 )
 from tests.split_lake import (
+    LAST_SESSION,
     NIGHTS,
     assert_continuous_across_the_split,
     assert_prices_on_the_newest_basis,
@@ -501,3 +506,91 @@ def test_the_health_alert_names_the_rows_rejected_since_yesterday(
     problems, details = health_alert(spark, TABLES, dt.date(2025, 7, 31))
     assert problems == 1
     assert details == "prices: 1 rows rejected by Silver since 2025-07-30"
+
+
+def differing_rows(spark: SparkSession, table: str, source: str) -> int:
+    """Rows in one and not the other, duplicates counted: 0 when the two hold the same rows."""
+    sql = "SELECT COUNT(*) FROM (SELECT * FROM {} EXCEPT ALL SELECT * FROM {})"
+    return int(spark.sql(sql.format(table, source)).collect()[0][0]) + int(
+        spark.sql(sql.format(source, table)).collect()[0][0]
+    )
+
+
+def test_incremental_gold_equals_a_full_recompute_after_every_night(
+    spark: SparkSession, tmp_path: Path
+) -> None:
+    # Four nights: two before a 4:1 split and two after, a company joining on the third.
+    lake = write_split_lake(tmp_path / "lake", "fetched")
+    tables = Tables(schema="incremental")
+    engine = Engine(
+        clustering=False, change_data_feed=False, location_root=str(tmp_path / "warehouse")
+    )
+    create_tables(spark, tables, engine)
+    refreshes = []
+    for batch_id, (run_id, _, _) in enumerate(NIGHTS):
+        night = {path for path in lake.list_files("") if run_id in path}
+        load_night(spark, lake, night, batch_id, tables)
+        refreshes.append(build_gold(spark, tables, engine, today=split_lake.TODAY))
+        for name in GOLD_TABLES:
+            table, source = tables.name(name), tables.name(gold_source(name))
+            assert spark.catalog.getTable(table).tableType != "VIEW"
+            assert spark.table(table).count() > 0, name
+            assert differing_rows(spark, table, source) == 0, (batch_id, name)
+
+    first, *later = refreshes
+    assert set(first.rows.values()) == {None}  # the first night builds every table
+    for refresh in later:  # the others rewrite what their files touch
+        assert refresh.new_files > 0
+        assert all(rows is not None for rows in refresh.rows.values()), refresh
+
+    # A night of prices only: one new session of each company, one row of each table per company.
+    day, run_id = dt.date(2025, 8, 1), "20250802T020000Z-e"
+    prices = DATASETS["prices"]
+    last = pl.from_arrow(
+        pq.read_table(lake.root / partition_path(prices, LAST_SESSION, NIGHTS[-1][0]))
+    )
+    assert isinstance(last, pl.DataFrame)
+    fresh = last.with_columns(pl.lit(run_id).alias("_run_id"))
+    lake.write_file(partition_path(prices, day, run_id), encode_partition(prices, fresh))
+    load_night(spark, lake, set(lake.list_files("raw/prices/date=2025-08-01")), 4, tables)
+    refresh = build_gold(spark, tables, engine, today=split_lake.TODAY)
+    companies = fresh.height
+    assert (refresh.new_files, refresh.symbols) == (1, companies)
+    assert refresh.rows == {
+        "price_features": companies,
+        "fundamentals_pit": 0,
+        "daily_features": companies,
+    }
+
+    # A night that only announces a split of the control company: its whole history is re-based.
+    splits = DATASETS["splits"]
+    split = {"symbol": "CTRL", "date": day, "numerator": 2.0, "denominator": 1.0}
+    at = dt.datetime(2025, 8, 3, 2, tzinfo=dt.UTC)
+    frame = split_lake._frame(
+        "splits", [{**split, "_run_id": "20250803T020000Z-f", "_ingested_at": at}]
+    )
+    path = partition_path(splits, dt.date(2025, 8, 3), "20250803T020000Z-f")
+    lake.write_file(path, encode_partition(splits, frame))
+    load_night(spark, lake, {path}, 5, tables)
+    refresh = build_gold(spark, tables, engine, today=split_lake.TODAY)
+    control = spark.table(tables.name("price_features")).where("symbol = 'CTRL'").count()
+    assert refresh.rows["price_features"] == control > 250
+    for name in GOLD_TABLES:
+        assert differing_rows(spark, tables.name(name), tables.name(gold_source(name))) == 0, name
+
+    nothing = build_gold(spark, tables, engine, today=split_lake.TODAY)  # a night without files
+    assert (nothing.new_files, nothing.symbols) == (0, 0)
+    assert set(nothing.rows.values()) == {0}
+
+
+def test_the_dashboard_queries_run_on_the_tables_the_job_builds(
+    spark: SparkSession, built: Built
+) -> None:
+    spark.sql(f"USE SCHEMA {TABLES.namespace}")  # the bundle gives the dashboard its schema
+    try:
+        for name, (_, sql, columns) in dashboard_queries().items():
+            rows = spark.sql(sql).collect()
+            assert rows, name
+            assert list(rows[0].asDict()) == list(columns), name
+    finally:
+        spark.sql("USE SCHEMA default")

@@ -1,14 +1,15 @@
 # Databricks notebook source
 # MAGIC %md
-# MAGIC # Gold: the views analysts query
+# MAGIC # Gold: the tables analysts query
 # MAGIC
 # MAGIC Refreshes `ref_exchange_sessions` (the NYSE calendar), extends `gold_rsi_14` (Wilder's RSI,
-# MAGIC carried night to night: only new sessions are computed) and (re)creates the Gold views, all
+# MAGIC carried night to night: only new sessions are computed) and refreshes the Gold tables, all
 # MAGIC generated from the dataset registry: `price_features` (on one share basis across splits),
 # MAGIC `fundamentals_pit` (trailing twelve months from every version of each quarter, each known
 # MAGIC from its SEC acceptance time, never the period end), `daily_features` (market cap, P/E, P/S,
-# MAGIC P/B, FCF yield on each session's own share basis) and `data_health`. Views read Silver as
-# MAGIC it is now.
+# MAGIC P/B, FCF yield on each session's own share basis), and the `data_health` view. A night
+# MAGIC recomputes only each touched symbol's rows from the first date its new files can change;
+# MAGIC `_<table>_source` views hold the full computation.
 
 # COMMAND ----------
 
@@ -25,8 +26,8 @@ tables = Tables(dbutils.widgets.get("catalog"), dbutils.widgets.get("schema"))
 basis = dbutils.widgets.get("statement_basis")
 if basis not in ("fetched", "filed"):
     raise ValueError(f"statement_basis must be 'fetched' or 'filed', not {basis!r}")
-views = build_gold(spark, tables, statement_basis=basis)
-print(f"Gold views: {', '.join(views)}")
+refreshed = build_gold(spark, tables, statement_basis=basis)
+print(f"Gold refreshed: {refreshed}")
 
 # COMMAND ----------
 
