@@ -73,7 +73,7 @@ def _table(name: str, title: str, columns: tuple[str, ...]) -> dict[str, Any]:
             }
         ],
         "spec": {
-            "version": 1,
+            "version": 2,
             "widgetType": "table",
             "encodings": {"columns": [{"fieldName": c, "displayName": c} for c in columns]},
             "frame": {"showTitle": True, "title": title},

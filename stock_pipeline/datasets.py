@@ -36,6 +36,7 @@ __all__ = [
     "ColumnType",
     "Dataset",
     "MarketEndpoint",
+    "column_meaning",
     "get_dataset",
     "to_snake_case",
 ]
@@ -544,6 +545,13 @@ def schema_markdown() -> str:
     return "\n".join(lines) + "\n"
 
 
+def column_meaning(column: Column) -> str:
+    """What a registry column holds, in a few words: the FMP field it comes from, or its role."""
+    if column.source:
+        return f"FMP field {column.source}"
+    return _ORIGIN.get(column.name, "")
+
+
 _ORIGIN = {
     RUN_ID_COLUMN: "the run that wrote the row",
     INGESTED_AT_COLUMN: "when that run started (UTC)",
@@ -553,4 +561,5 @@ _ORIGIN = {
     "record_date": "the record's date as sent",
     "date": "partition (path)",
     "ingest_date": "partition (path): the run's date",
+    "symbol": "ticker symbol",
 }

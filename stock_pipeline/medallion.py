@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import datetime as dt
 import re
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import Literal
 
@@ -23,6 +23,7 @@ from stock_pipeline.datasets import (
     Column,
     ColumnType,
     Dataset,
+    column_meaning,
 )
 from stock_pipeline.market_calendar import EARLIEST_SESSION, NEW_YORK, sessions_between
 
@@ -197,17 +198,53 @@ def create_table_sql(
     cluster_by: Sequence[str] = (),
     change_data_feed: bool = False,
     using: str | None = "DELTA",
+    comment: str | None = None,
+    column_comments: Mapping[str, str] | None = None,
 ) -> str:
-    """CREATE TABLE IF NOT EXISTS for a Delta table, liquid-clustered on `cluster_by`."""
-    body = ",\n  ".join(f"{c.name} {c.type.spark}" for c in columns)
+    """CREATE TABLE IF NOT EXISTS for a Delta table, liquid-clustered on `cluster_by`, with the
+    table's and its columns' comments where given."""
+    notes = column_comments or {}
+    body = ",\n  ".join(
+        f"{c.name} {c.type.spark}"
+        + (f" COMMENT {sql_string(notes[c.name])}" if c.name in notes else "")
+        for c in columns
+    )
     sql = f"CREATE TABLE IF NOT EXISTS {table} (\n  {body}\n)"
     if using:
         sql += f" USING {using}"
     if cluster_by:
         sql += f"\nCLUSTER BY ({', '.join(cluster_by)})"
+    if comment:
+        sql += f"\nCOMMENT {sql_string(comment)}"
     if change_data_feed:
         sql += "\nTBLPROPERTIES (delta.enableChangeDataFeed = true)"
     return sql
+
+
+def sql_string(text: str) -> str:
+    """`text` as a Spark SQL string literal (backslash escapes, as Spark reads them)."""
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+#: What the columns the layers add mean, for the tables' column comments.
+LAYER_COLUMNS: dict[str, str] = {
+    SOURCE_FILE: "the lake file the row was loaded from",
+    SOURCE_MODIFIED_AT: "when that file was written to the lake",
+    RESCUED_DATA: "fields that did not fit the registry's types (Auto Loader), as JSON",
+    "dataset": "the dataset the row belongs to",
+}
+
+
+def table_comments(dataset: Dataset | None, layer: str) -> tuple[str, dict[str, str]]:
+    """A Bronze or Silver table's comment and its columns' comments, from the registry."""
+    columns = {c.name: column_meaning(c) for c in (dataset.table_columns if dataset else ())}
+    columns |= LAYER_COLUMNS
+    if dataset is None:
+        return f"{layer}: rows the ingester quarantined, every dataset.", columns
+    if layer == "Bronze":
+        return f"Bronze: {dataset.description} Every row loaded, append-only.", columns
+    key = ", ".join(dataset.key)
+    return f"Silver: {dataset.description} The newest fetch of each ({key}).", columns
 
 
 def missing_columns(existing: Iterable[str], wanted: Sequence[Column]) -> list[Column]:
@@ -1122,6 +1159,15 @@ GOLD_TABLES: dict[str, str] = {
     "price_features": "date",
     "fundamentals_pit": "known_from",
     "daily_features": "date",
+}
+#: The Gold tables' comments.
+GOLD_COMMENTS: dict[str, str] = {
+    "price_features": "Gold: every session of every symbol on the newest share basis: returns, "
+    "moving averages, volatility, RSI(14), 52-week range, drawdown, volume features.",
+    "fundamentals_pit": "Gold: trailing-twelve-month fundamentals per quarter, each row as known "
+    "from known_from (SEC acceptance), every version.",
+    "daily_features": "Gold: each session with the fundamentals known that day: market cap, "
+    "P/E, P/S, P/B, FCF yield, on the session's own share basis.",
 }
 #: Bronze files whose rows the Gold tables have taken in.
 GOLD_SEEN_FILES = "gold_seen_files"

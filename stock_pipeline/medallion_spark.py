@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import datetime as dt
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
@@ -27,10 +27,12 @@ from stock_pipeline.datasets import (
 from stock_pipeline.medallion import (
     DEFAULT_STATEMENT_BASIS,
     GOLD_CHANGES,
+    GOLD_COMMENTS,
     GOLD_NEW_FILES,
     GOLD_SEEN_FILES,
     GOLD_TABLES,
     GOLD_VIEWS,
+    LAYER_COLUMNS,
     RESCUED_DATA,
     RSI_TABLE,
     SOURCE_FILE,
@@ -61,6 +63,8 @@ from stock_pipeline.medallion import (
     seed_versions_sql,
     silver_columns,
     silver_table,
+    sql_string,
+    table_comments,
     versions_columns,
     versions_merge_sql,
     versions_table,
@@ -111,15 +115,21 @@ class Engine:
     change_data_feed: bool = True
     #: External tables under this folder (engines without a metastore); None: managed tables.
     location_root: str | None = None
+    #: Comments of existing tables can change (`COMMENT ON`, `ALTER COLUMN ... COMMENT`); Sail
+    #: only sets them when it creates a table.
+    alter_comments: bool = True
 
     def create_table(self, table: str, columns: Iterable[Column], *, cluster_by: Iterable[str] = (),
-                     change_data_feed: bool = False) -> str:  # fmt: skip
+                     change_data_feed: bool = False, comment: str | None = None,
+                     column_comments: Mapping[str, str] | None = None) -> str:  # fmt: skip
         sql = create_table_sql(
             table,
             tuple(columns),
             cluster_by=tuple(cluster_by) if self.clustering else (),
             change_data_feed=change_data_feed and self.change_data_feed,
             using=self.table_format,
+            comment=comment,
+            column_comments=column_comments,
         )
         if self.location_root is not None:
             sql += f"\nLOCATION '{self.location_root}/{table.replace('.', '/')}'"
@@ -129,14 +139,17 @@ class Engine:
 DATABRICKS = Engine()
 
 
-def _create_table_as(engine: Engine, table: str, query: str, *, cluster_by: Iterable[str]) -> str:
-    """CREATE OR REPLACE TABLE ... AS `query`, clustered and placed as the engine does tables."""
-    sql = f"CREATE OR REPLACE TABLE {table} USING {engine.table_format}"
+def _replace_table_sql(engine: Engine, table: str, columns: str, *, cluster_by: Iterable[str],
+                       comment: str) -> str:  # fmt: skip
+    """CREATE OR REPLACE TABLE with `columns` (DDL), clustered and placed as the engine does
+    tables. (Not CREATE ... AS SELECT: Sail takes no COMMENT there.)"""
+    sql = f"CREATE OR REPLACE TABLE {table} ({columns}) USING {engine.table_format}"
     if engine.clustering and cluster_by:
         sql += f"\nCLUSTER BY ({', '.join(cluster_by)})"
+    sql += f"\nCOMMENT {sql_string(comment)}"
     if engine.location_root is not None:
         sql += f"\nLOCATION '{engine.location_root}/{table.replace('.', '/')}'"
-    return f"{sql}\nAS {query}"
+    return sql
 
 
 @dataclass(frozen=True, slots=True)
@@ -230,31 +243,70 @@ def create_tables(spark: SparkSession, tables: Tables, engine: Engine = DATABRIC
     MERGE that names it."""
     if tables.namespace:
         spark.sql(f"CREATE SCHEMA IF NOT EXISTS {tables.namespace}")
-    wanted: dict[str, tuple[str, tuple[Column, ...]]] = {}
+    wanted: dict[str, tuple[str, tuple[Column, ...], str, dict[str, str]]] = {}
 
-    def table(name: str, columns: Iterable[Column], **options: Any) -> None:
+    def table(name: str, columns: Iterable[Column], notes: tuple[str, dict[str, str]],
+              **options: Any) -> None:  # fmt: skip
         columns = tuple(columns)
-        wanted[name] = (engine.create_table(name, columns, **options), columns)
+        comment, column_comments = (
+            notes[0],
+            {c.name: notes[1][c.name] for c in columns if notes[1].get(c.name)},
+        )
+        statement = engine.create_table(
+            name, columns, comment=comment, column_comments=column_comments, **options
+        )
+        wanted[name] = (statement, columns, comment, column_comments)
 
     for source in bronze_sources("unused"):
-        table(tables.name(source.table), _bronze_table_columns(source))
+        dataset = None if source.dataset or source.name == RUNS else DATASETS[source.name]
+        notes = table_comments(dataset, "Bronze")
+        if source.name == RUNS:
+            notes = ("Bronze: the run manifests, one row per run.", notes[1])
+        table(tables.name(source.table), _bronze_table_columns(source), notes)
     for dataset in DATASETS.values():
         name = tables.name(silver_table(dataset))
+        notes = table_comments(dataset, "Silver")
         if dataset.kind == "profile":
-            table(name, dim_company_columns(), cluster_by=("symbol",), change_data_feed=True)
+            history = (f"{notes[0]} Type 2: a row per version of a company.", notes[1])
+            table(
+                name, dim_company_columns(), history, cluster_by=("symbol",), change_data_feed=True
+            )
             continue
-        table(name, silver_columns(dataset), cluster_by=dataset.key, change_data_feed=True)
+        table(name, silver_columns(dataset), notes, cluster_by=dataset.key, change_data_feed=True)
         if dataset.figures:
+            versions = (
+                f"Every version of each {dataset.name} key's figures, as fetched.",
+                notes[1],
+            )
             table(
                 tables.name(versions_table(dataset)),
                 versions_columns(dataset),
+                versions,
                 cluster_by=dataset.key,
             )
-    table(tables.name("silver_rejects"), rejects_columns(), cluster_by=("dataset",))
-    for name, (statement, columns) in wanted.items():
+    rejects = ("Rows Silver refused, with every rule they broke.", LAYER_COLUMNS)
+    table(tables.name("silver_rejects"), rejects_columns(), rejects, cluster_by=("dataset",))
+    for name, (statement, columns, comment, column_comments) in wanted.items():
         spark.sql(statement)
         _add_missing_columns(spark, name, columns, engine)
+        if engine.alter_comments:
+            _sync_comments(spark, name, comment, column_comments)
     return list(wanted)
+
+
+def _sync_comments(
+    spark: SparkSession, table: str, comment: str, column_comments: Mapping[str, str]
+) -> None:
+    """Give a table created before its comments (or with older ones) the registry's: only what
+    differs is altered, so a night with nothing new commits nothing."""
+    if (spark.catalog.getTable(table).description or "") != comment:
+        spark.sql(f"COMMENT ON TABLE {table} IS {sql_string(comment)}")
+    for column in spark.catalog.listColumns(table):
+        wanted = column_comments.get(column.name)
+        if wanted and (column.description or "") != wanted:
+            spark.sql(
+                f"ALTER TABLE {table} ALTER COLUMN {column.name} COMMENT {sql_string(wanted)}"
+            )
 
 
 def _add_missing_columns(
@@ -571,17 +623,24 @@ def refresh_gold_tables(
         if _is_table(spark, table) and spark.table(table).columns == spark.table(source).columns:
             spark.sql(gold_invalidate_sql(name, tables))
             spark.sql(gold_refill_sql(name, tables))
+            if engine.alter_comments:
+                _sync_comments(spark, table, GOLD_COMMENTS[name], {})
             rows[name] = spark.sql(
                 f"SELECT COUNT(*) FROM {table} AS t JOIN {GOLD_CHANGES} AS c "
                 f"ON t.symbol = c.symbol AND t.{column} >= c.since"
             ).collect()[0][0]
             continue
-        spark.sql(f"DROP VIEW IF EXISTS {table}")  # a deployment from before the tables
+        if spark.catalog.tableExists(table) and spark.catalog.getTable(table).tableType == "VIEW":
+            spark.sql(f"DROP VIEW {table}")  # a deployment from before the tables
+        columns = ", ".join(
+            f"{f.name} {f.dataType.simpleString()}" for f in spark.table(source).schema.fields
+        )
         spark.sql(
-            _create_table_as(
-                engine, table, f"SELECT * FROM {source}", cluster_by=("symbol", column)
+            _replace_table_sql(
+                engine, table, columns, cluster_by=("symbol", column), comment=GOLD_COMMENTS[name]
             )
         )
+        spark.sql(f"INSERT INTO {table} SELECT * FROM {source}")
         rows[name] = None
     spark.sql(f"INSERT INTO {seen} SELECT {SOURCE_FILE} FROM {GOLD_NEW_FILES}")
     return GoldRefresh(len(files), len(changes), rows)

@@ -28,9 +28,11 @@ from stock_pipeline.medallion import (
     GOLD_VIEWS,
     RSI_TABLE,
     Tables,
+    create_table_sql,
     data_health_alert_sql,
     silver_columns,
     silver_table,
+    sql_string,
     versions_table,
 )
 from stock_pipeline.medallion_spark import bronze_sources, maintenance_sql
@@ -254,7 +256,8 @@ def test_dev_is_per_user_and_prod_is_restricted() -> None:
             assert parameters["checkpoint_root"] == expected
     # The service principal's home folder, not /Workspace/Shared (every user can edit there).
     root = prod["workspace"]["root_path"]
-    assert root.startswith("/Workspace/Users/${workspace.current_user.userName}/")
+    # Named by the principal, not the deployer: one prod deployment whoever deploys.
+    assert root.startswith("/Workspace/Users/${var.job_principal}/")
     assert prod["run_as"] == {"service_principal_name": "${var.job_principal}"}
     assert {"level": "CAN_VIEW", "group_name": "${var.analysts}"} in prod["permissions"]
 
@@ -283,8 +286,11 @@ def test_the_alert_is_the_health_alert_query_and_fires_above_zero_problems() -> 
     assert evaluation["threshold"] == {"value": {"double_value": 0}}
     assert evaluation["notification"]["subscriptions"] == [{"user_email": "${var.notify}"}]
     assert spec["warehouse_id"] == "${var.warehouse_id}"
-    # Alerts in bundles need the CLI named in the bundle (its release notes: v0.279.0).
-    assert BUNDLE["bundle"]["databricks_cli_version"] == ">= 0.279.0"
+    assert evaluation["notification"]["retrigger_seconds"] > 0  # 0 would email only once
+    # Alerts came in CLI v0.279.0, the dashboard's dataset_catalog/dataset_schema in v0.281.0.
+    assert BUNDLE["bundle"]["databricks_cli_version"] == ">= 0.281.0"
+    dev = BUNDLE["targets"]["dev"]["resources"]["alerts"]["data_health"]
+    assert dev == {"schedule": {"pause_status": "PAUSED"}}  # a developer's copy stays quiet
 
 
 def test_the_dashboard_file_is_the_generated_one_and_reads_known_tables() -> None:
@@ -299,3 +305,43 @@ def test_the_dashboard_file_is_the_generated_one_and_reads_known_tables() -> Non
         ctes = {cte.alias for cte in statement.find_all(exp.CTE)}
         assert {t.name for t in statement.find_all(exp.Table)} - ctes <= KNOWN_TABLES, name
         assert [s.alias_or_name for s in statement.selects] == list(columns), name
+
+
+@pytest.mark.parametrize("text", ["plain words", "it's a \\ backslash and a 'quote'"])
+def test_comments_are_spark_string_literals(text: str) -> None:
+    literal = sqlglot.parse_one(f"SELECT {sql_string(text)}", read="databricks").find(exp.Literal)
+    assert literal is not None
+    assert literal.this == text
+
+
+def test_create_table_carries_the_comments_and_parses_as_databricks_sql() -> None:
+    sql = create_table_sql(
+        "main.stocks.t",
+        silver_columns(DATASETS["prices"]),
+        comment="Silver: the prices' table",
+        column_comments={"close": "FMP field close"},
+    )
+    statement = sqlglot.parse_one(sql, read="databricks")
+    assert isinstance(statement, exp.Create)
+    assert "COMMENT 'FMP field close'" in sql
+    assert "COMMENT 'Silver: the prices\\' table'" in sql
+
+
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML that refuses a key given twice (the CLI silently keeps the last)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        keys = [self.construct_object(key, deep=deep) for key, _ in node.value]
+        repeated = {k for k in keys if keys.count(k) > 1}
+        if repeated:
+            raise yaml.constructor.ConstructorError(
+                None, None, f"repeated keys {repeated}", node.start_mark
+            )
+        return super().construct_mapping(node, deep=deep)
+
+
+def test_the_bundle_gives_no_key_twice() -> None:
+    text = (BUNDLE_ROOT / "databricks.yml").read_text()
+    assert yaml.load(text, Loader=_UniqueKeyLoader) == BUNDLE
+    with pytest.raises(yaml.constructor.ConstructorError, match="repeated keys"):
+        yaml.load("a:\n  b: 1\n  b: 2\n", Loader=_UniqueKeyLoader)

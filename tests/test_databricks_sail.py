@@ -29,6 +29,7 @@ from stock_pipeline.datasets import DATASETS, Column, ColumnType
 from stock_pipeline.lake import LocalLake, dataset_files, encode_partition, partition_path
 from stock_pipeline.lakehouse import bronze_frame, build_lakehouse, manifest_files, runs_frame
 from stock_pipeline.medallion import (
+    GOLD_COMMENTS,
     GOLD_TABLES,
     StatementBasis,
     Tables,
@@ -92,6 +93,14 @@ def spark() -> Iterator[SparkSession]:
     finally:
         session.stop()
         server.stop()
+
+
+def sail_engine(warehouse: Path) -> Engine:
+    """What Sail can do: Delta tables under `warehouse`, no clustering, no change data feed, and
+    comments only as a table is created."""
+    return Engine(
+        clustering=False, change_data_feed=False, location_root=str(warehouse), alter_comments=False
+    )
 
 
 def spark_frame(spark: SparkSession, frame: pl.DataFrame) -> DataFrame:
@@ -162,7 +171,7 @@ def built(
     shutil.copytree(lakes[1].root, root / "lake")
     lake = LocalLake(root / "lake")
     warehouse = root / "warehouse"
-    engine = Engine(clustering=False, change_data_feed=False, location_root=str(warehouse))
+    engine = sail_engine(warehouse)
     create_tables(spark, TABLES, engine)
     run_1 = set(lakes[1].run_1_files)
     run_2 = set(lake.list_files("")) - run_1
@@ -380,9 +389,7 @@ def test_valuation_is_continuous_across_a_split_on_either_statement_basis(
 ) -> None:
     lake = write_split_lake(tmp_path / "lake", basis)
     tables = Tables(schema=f"split_{basis}")
-    engine = Engine(
-        clustering=False, change_data_feed=False, location_root=str(tmp_path / "warehouse")
-    )
+    engine = sail_engine(tmp_path / "warehouse")
     create_tables(spark, tables, engine)
     for batch_id, (run_id, _, _) in enumerate(NIGHTS):
         night = {path for path in lake.list_files("") if run_id in path}
@@ -407,9 +414,7 @@ def test_seed_versions_fills_empty_versions_tables_from_bronze(
 ) -> None:
     # A deployment older than the versions tables: Bronze has every fetch, the tables are new.
     tables = Tables(schema="seeded")
-    engine = Engine(
-        clustering=False, change_data_feed=False, location_root=str(tmp_path / "warehouse")
-    )
+    engine = sail_engine(tmp_path / "warehouse")
     create_tables(spark, tables, engine)
     for name in STATEMENTS:
         dataset = DATASETS[name]
@@ -436,9 +441,7 @@ def test_a_column_added_to_the_registry_between_two_nights_reaches_silver(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
     tables = Tables(schema="evolving")
-    engine = Engine(
-        clustering=False, change_data_feed=False, location_root=str(tmp_path / "warehouse")
-    )
+    engine = sail_engine(tmp_path / "warehouse")
     lake = lakes[1].lake
     run_1 = set(lakes[1].run_1_files)
     create_tables(spark, tables, engine)
@@ -486,9 +489,7 @@ def test_the_health_alert_fires_on_a_stale_lake_and_stays_quiet_on_a_fresh_one(
     spark: SparkSession, lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
 ) -> None:
     tables = Tables(schema="alerting")
-    engine = Engine(
-        clustering=False, change_data_feed=False, location_root=str(tmp_path / "warehouse")
-    )
+    engine = sail_engine(tmp_path / "warehouse")
     create_tables(spark, tables, engine)
     lake = lakes[0].lake  # run 1: sessions to Thursday 2025-07-24, landed that night
     load_night(spark, lake, set(lake.list_files("")), batch_id=0, tables=tables)
@@ -522,9 +523,7 @@ def test_incremental_gold_equals_a_full_recompute_after_every_night(
     # Four nights: two before a 4:1 split and two after, a company joining on the third.
     lake = write_split_lake(tmp_path / "lake", "fetched")
     tables = Tables(schema="incremental")
-    engine = Engine(
-        clustering=False, change_data_feed=False, location_root=str(tmp_path / "warehouse")
-    )
+    engine = sail_engine(tmp_path / "warehouse")
     create_tables(spark, tables, engine)
     refreshes = []
     for batch_id, (run_id, _, _) in enumerate(NIGHTS):
@@ -594,3 +593,18 @@ def test_the_dashboard_queries_run_on_the_tables_the_job_builds(
             assert list(rows[0].asDict()) == list(columns), name
     finally:
         spark.sql("USE SCHEMA default")
+
+
+def test_the_tables_carry_the_registrys_comments(spark: SparkSession, built: Built) -> None:
+    name = TABLES.name("silver_prices")
+    description = DATASETS["prices"].description
+    expected = f"Silver: {description} The newest fetch of each (symbol, date)."
+    assert spark.catalog.getTable(name).description == expected
+    columns = {c.name: c.description for c in spark.catalog.listColumns(name)}
+    assert columns["close"] == "FMP field close"
+    assert columns["_run_id"] == "the run that wrote the row"
+    assert columns["_source_file"] == "the lake file the row was loaded from"
+    bronze = spark.catalog.getTable(TABLES.name("bronze_prices")).description
+    assert bronze == f"Bronze: {description} Every row loaded, append-only."
+    for gold in GOLD_TABLES:
+        assert spark.catalog.getTable(TABLES.name(gold)).description == GOLD_COMMENTS[gold]
