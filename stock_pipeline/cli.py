@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import datetime as dt
+import json
 import logging
 import os
 import sys
@@ -762,6 +763,76 @@ def lakehouse(
         return ExitCode.OK
 
     raise typer.Exit(int(_guarded(build, None)))
+
+
+class StatusFormat(StrEnum):
+    TABLE = "table"
+    JSON = "json"
+    MARKDOWN = "markdown"
+
+
+@app.command()
+def status(
+    lake: LakeOption = DEFAULT_LAKE,
+    tickers_path: TickersOption = DEFAULT_TICKERS_PATH,
+    max_lag: Annotated[
+        int,
+        typer.Option(
+            "--max-lag", min=0, help="Completed sessions a price dataset may be behind and pass."
+        ),
+    ] = 0,
+    output: Annotated[
+        StatusFormat, typer.Option("--format", help="table, json or markdown.")
+    ] = StatusFormat.TABLE,
+    reasons: Annotated[
+        bool,
+        typer.Option("--reasons", help="Read the quarantine files for why rows were set aside."),
+    ] = False,
+    as_of: Annotated[
+        str | None,
+        typer.Option("--as-of", help="Judge freshness at this time (ISO 8601; default: now)."),
+    ] = None,
+    verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
+) -> None:
+    """How fresh and complete the lake is, from its run manifests.
+
+    Exit 0 when every ticker's prices reach the last completed NYSE session (give or take
+    --max-lag sessions), 1 when they do not or no run landed, 2 on bad input."""
+    from stock_pipeline.lake import LocalLake
+    from stock_pipeline.status import lake_status, render_markdown, sections
+
+    _configure(verbose)
+    try:
+        now = dt.datetime.fromisoformat(as_of) if as_of else dt.datetime.now(dt.UTC)
+    except ValueError:
+        raise _fail(f"--as-of {as_of!r} is not an ISO 8601 time", ExitCode.USAGE, None) from None
+    if now.tzinfo is None:
+        now = now.replace(tzinfo=dt.UTC)
+
+    def report() -> ExitCode:
+        try:
+            tickers = read_tickers(tickers_path)
+            store = open_lake(lake)
+            if isinstance(store, LocalLake) and not store.root.is_dir():
+                raise _fail(f"no lake at {store.root}", ExitCode.USAGE, None)
+            found = lake_status(store, tickers, now=now, max_lag=max_lag, read_reasons=reasons)
+        except StockPipelineError as error:
+            raise _fail(error, ExitCode.USAGE, None) from None
+        if output is StatusFormat.JSON:
+            typer.echo(json.dumps(found.to_json(), indent=2))
+        elif output is StatusFormat.MARKDOWN:
+            typer.echo(render_markdown(found))
+        else:
+            for title, header, rows in sections(found):
+                table = Table(title=title, title_justify="left")
+                for name in header:
+                    table.add_column(name)
+                for row in rows:
+                    table.add_row(*row)
+                out.print(table)
+        return ExitCode.OK if found.fresh else ExitCode.PARTIAL
+
+    raise typer.Exit(int(_guarded(report, None)))
 
 
 def _print_lakehouse(report: LakehouseReport) -> None:

@@ -24,6 +24,7 @@ __all__ = [
     "Plan",
     "Request",
     "Source",
+    "landed_through",
     "last_landed_session",
     "new_run_id",
     "plan_run",
@@ -133,10 +134,22 @@ def last_landed_session(
 ) -> dt.date | None:
     """The newest session through which every (price dataset, symbol) asked for now has landed.
 
+    Pairs that never landed (new tickers) do not hold the catch-up back: backfill them
+    explicitly. See `landed_through`."""
+    price = [d for d in datasets if DATASETS[d].kind == "prices"]
+    through = landed_through(manifests, datasets=price)
+    landed = [through[(d, s)] for d in price for s in symbols if (d, s) in through]
+    return min(landed, default=None)
+
+
+def landed_through(
+    manifests: Iterable[Mapping[str, Any]], *, datasets: Sequence[str]
+) -> dict[tuple[str, str], dt.date]:
+    """Per (price dataset, symbol) that ever landed, the session through which it has landed.
+
     Read from run manifests, oldest first: ok and partial runs count, aborted ones do not. A pair
     that failed with a retryable error in a run has not landed that run's range, so the next
-    catch-up fetches it again; a pair FMP refuses for good (a 402) counts as done. Pairs that never
-    landed (new tickers) do not hold the catch-up back: backfill them explicitly.
+    catch-up fetches it again; a pair FMP refuses for good (a 402) counts as done.
     """
     price = [d for d in datasets if DATASETS[d].kind == "prices"]
     through: dict[tuple[str, str], dt.date] = {}
@@ -161,13 +174,7 @@ def last_landed_session(
                     del behind[pair]  # this run covered the range that had failed
                 if end > through.get(pair, dt.date.min):
                     through[pair] = end
-    landed = [
-        behind.get((d, s), through.get((d, s)))
-        for d in price
-        for s in symbols
-        if (d, s) in behind or (d, s) in through
-    ]
-    return min((day for day in landed if day is not None), default=None)
+    return {**through, **behind}
 
 
 # --------------------------------------------------------------------------- companies

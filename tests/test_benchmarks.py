@@ -69,3 +69,21 @@ def test_the_gold_query_benchmark_times_views_and_tables(
     for timings in figures["queries"].values():
         assert timings["views_seconds"] > 0
         assert timings["tables_seconds"] > 0
+
+
+def test_the_status_benchmark_reports_on_a_lake(
+    lakes: tuple[MedallionLake, MedallionLake], tmp_path: Path
+) -> None:
+    output = tmp_path / "status.json"
+    subprocess.run(
+        [
+            sys.executable, str(REPO / "benchmarks" / "status.py"),
+            "--lake", str(lakes[1].root), "--runs", "1", "--output", str(output),
+        ],
+        check=True, capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    figures = json.loads(output.read_text())
+    assert figures["manifests"] == 2
+    assert figures["tickers"] >= 2
+    assert figures["median_seconds"] > 0
+    assert figures["exit_codes"] in ([0], [1])  # judged against today: most likely stale
