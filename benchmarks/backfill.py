@@ -29,6 +29,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from figures import report
+
 
 def free_port() -> int:
     with socket.socket() as sock:
@@ -139,10 +141,7 @@ def main() -> None:
         if args.repeat > 1:
             figures["floors"] = floors
             figures["wall_to_floor_each"] = [round(r, 2) for r in ratios]
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
+    report(figures, args.output)
 
 
 def _median_run(runs: list[dict[str, Any]]) -> dict[str, Any]:

@@ -12,7 +12,6 @@ copied into tables once (what the Databricks job keeps), and each query is timed
 from __future__ import annotations
 
 import argparse
-import json
 import platform
 import shutil
 import statistics
@@ -21,6 +20,7 @@ import time
 from pathlib import Path
 
 import duckdb
+from figures import report
 
 GOLD_TABLES = ("price_features", "fundamentals_pit", "daily_features")
 #: From DATABRICKS_SETUP.md, "Queries for analysts".
@@ -84,10 +84,7 @@ def main() -> None:
                 for label, sql in QUERIES.items()
             },
         }
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
+    report(figures, args.output)
 
 
 if __name__ == "__main__":

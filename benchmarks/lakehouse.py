@@ -9,7 +9,6 @@ Each build runs in a process of its own, so wall time and peak memory (max RSS) 
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import platform
 import subprocess
@@ -19,6 +18,7 @@ import time
 from pathlib import Path
 
 import duckdb
+from figures import report
 
 
 def build(lake: Path, database: Path) -> dict[str, float]:
@@ -72,10 +72,7 @@ def main() -> None:
         "database_mib": round(size / 2**20, 1),
         "machine": f"{platform.machine()}, {os.cpu_count()} cores, Python {platform.python_version()}",
     }
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
+    report(figures, args.output)
 
 
 if __name__ == "__main__":

@@ -14,13 +14,14 @@ from __future__ import annotations
 
 import argparse
 import datetime as dt
-import json
 import platform
 import statistics
 import time
 from collections import Counter
 from pathlib import Path
 from typing import Any
+
+from figures import report
 
 from stock_pipeline.config import DEFAULT_DATASETS
 from stock_pipeline.market_calendar import NEW_YORK, sessions_between
@@ -191,10 +192,7 @@ def main() -> None:
         "longest_days_between_full_refreshes": longest_between_refreshes,
         "seconds": round(time.perf_counter() - clock, 1),
     }
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
+    report(figures, args.output)
 
 
 if __name__ == "__main__":

@@ -25,6 +25,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from figures import report
+
 
 def add_nights(runs: Path, nights: int) -> None:
     """`nights` nightly manifests after the newest one: one session each, a file per dataset, and
@@ -74,7 +76,7 @@ def main() -> None:
             done = subprocess.run(cmd, capture_output=True, text=True, check=False)
             seconds.append(time.perf_counter() - started)
             exit_codes.add(done.returncode)
-            report = json.loads(done.stdout)
+            result = json.loads(done.stdout)
         megabytes = round(sum(m.stat().st_size for m in manifests) / 1e6, 1)
     figures = {
         "date": time.strftime("%Y-%m-%d"),
@@ -85,13 +87,10 @@ def main() -> None:
         "median_seconds": round(statistics.median(seconds), 2),
         "max_seconds": round(max(seconds), 2),
         "exit_codes": sorted(exit_codes),
-        "last_session": report["last_session"],
-        "fresh": report["fresh"],
+        "last_session": result["last_session"],
+        "fresh": result["fresh"],
     }
-    text = json.dumps(figures, indent=2)
-    print(text)
-    if args.output:
-        args.output.write_text(text + "\n")
+    report(figures, args.output)
 
 
 if __name__ == "__main__":
