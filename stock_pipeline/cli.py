@@ -8,6 +8,7 @@ import logging
 import os
 import sys
 import time
+import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
@@ -349,10 +350,56 @@ async def _execute(
             )
 
 
-def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = None) -> ExitCode:
-    """Everything `ingest` does after parsing options; returns the exit code."""
-    secret = settings.api_key
+def _alert(notify_url: str | None, text: str, secret: str | None) -> None:
+    """Post `text` to the team's webhook, if one is set; a webhook that fails is only logged."""
+    if notify_url:
+        from stock_pipeline.notify import post_webhook
+
+        delay = _env_float("STOCK_PIPELINE_RETRY_BASE_DELAY", 1.0)
+        post_webhook(notify_url, redact(text, secret), base_delay=delay)
+
+
+def run_command(
+    settings: Settings,
+    *,
+    dry_run: bool,
+    now: dt.datetime | None = None,
+    notify_url: str | None = None,
+    metrics_file: Path | None = None,
+) -> ExitCode:
+    """Everything `ingest` does after parsing options; returns the exit code. With `notify_url`,
+    a run that does not end `ok` (or cannot start) is posted there; with `metrics_file`, every
+    run's metrics are written there (Prometheus text format)."""
     started = now or dt.datetime.now(dt.UTC)
+    reports: list[RunReport] = []
+    code: int = ExitCode.PARTIAL
+    try:
+        code = _run_command(settings, dry_run, started, notify_url, reports)
+        return code
+    except typer.Exit as stop:
+        code = stop.exit_code
+        raise
+    finally:
+        if metrics_file is not None and not dry_run:
+            from stock_pipeline.metrics import write_metrics
+
+            write_metrics(
+                metrics_file,
+                exit_code=code,
+                started_at=started,
+                finished_at=dt.datetime.now(dt.UTC),
+                report=reports[0] if reports else None,
+            )
+
+
+def _run_command(
+    settings: Settings,
+    dry_run: bool,
+    started: dt.datetime,
+    notify_url: str | None,
+    reports: list[RunReport],
+) -> ExitCode:
+    secret = settings.api_key
     try:
         symbols = read_tickers(settings.tickers_path)
         if settings.shard is not None:
@@ -428,6 +475,8 @@ def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = 
 
         plan = make_plan(())
     except StockPipelineError as error:
+        if not dry_run:
+            _alert(notify_url, f"stock_pipeline ingest could not start: {error}", secret)
         raise _fail(error, ExitCode.USAGE, secret) from None
     if dry_run:
         _print_plan(plan, settings, filings_span)
@@ -443,10 +492,17 @@ def run_command(settings: Settings, *, dry_run: bool, now: dt.datetime | None = 
         )
         raise typer.Exit(130) from None
     except FmpAuthError as error:
+        _alert(notify_url, f"stock_pipeline ingest aborted: {error}", secret)
         raise _fail(f"{error}; the run was aborted", ExitCode.AUTH, secret) from None
     except StockPipelineError as error:
+        _alert(notify_url, f"stock_pipeline ingest failed: {error}", secret)
         raise _fail(error, error.exit_code, secret) from None
+    reports.append(report)
     _print_summary(report)
+    if report.exit_code != ExitCode.OK:
+        from stock_pipeline.notify import run_message
+
+        _alert(notify_url, run_message(report, secret), secret)
     return report.exit_code
 
 
@@ -518,6 +574,22 @@ LakeOption = Annotated[
         "--lake", envvar="STOCK_PIPELINE_LAKE", help="Local folder or s3://bucket/prefix."
     ),
 ]
+NotifyOption = Annotated[
+    str | None,
+    typer.Option(
+        "--notify-url",
+        envvar="STOCK_PIPELINE_WEBHOOK_URL",
+        help="Slack-compatible webhook posted when a run fails, ends partial or the lake is stale.",
+        show_default=False,
+    ),
+]
+
+
+def _check_notify_url(url: str | None) -> None:
+    if url and urllib.parse.urlsplit(url).scheme not in ("http", "https"):
+        raise _fail("--notify-url must be an http(s) URL", ExitCode.USAGE, None)
+
+
 BackfillOption = Annotated[
     int | None,
     typer.Option(
@@ -599,6 +671,17 @@ def ingest(
     dry_run: Annotated[
         bool, typer.Option("--dry-run", help="Print the plan; send no request, write nothing.")
     ] = False,
+    notify_url: NotifyOption = None,
+    metrics_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--metrics-file",
+            envvar="STOCK_PIPELINE_METRICS_FILE",
+            dir_okay=False,
+            help="Write the run's counters and timings here, in the Prometheus text format.",
+            show_default=False,
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Fetch FMP data for every ticker and land it in the lake (key from FMP_API_KEY or .env).
@@ -632,7 +715,13 @@ def ingest(
         prices_source=prices_source,
         refresh=refresh,
     )
-    code = _guarded(lambda: run_command(settings, dry_run=dry_run), settings.api_key)
+    _check_notify_url(notify_url)
+    code = _guarded(
+        lambda: run_command(
+            settings, dry_run=dry_run, notify_url=notify_url, metrics_file=metrics_file
+        ),
+        settings.api_key,
+    )
     raise typer.Exit(int(code))
 
 
@@ -792,6 +881,7 @@ def status(
         str | None,
         typer.Option("--as-of", help="Judge freshness at this time (ISO 8601; default: now)."),
     ] = None,
+    notify_url: NotifyOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """How fresh and complete the lake is, from its run manifests.
@@ -802,6 +892,7 @@ def status(
     from stock_pipeline.status import lake_status, render_markdown, sections
 
     _configure(verbose)
+    _check_notify_url(notify_url)
     try:
         now = dt.datetime.fromisoformat(as_of) if as_of else dt.datetime.now(dt.UTC)
     except ValueError:
@@ -830,6 +921,8 @@ def status(
                 for row in rows:
                     table.add_row(*row)
                 out.print(table)
+        if not found.fresh:
+            _alert(notify_url, render_markdown(found), None)
         return ExitCode.OK if found.fresh else ExitCode.PARTIAL
 
     raise typer.Exit(int(_guarded(report, None)))

@@ -1,0 +1,159 @@
+"""The webhook: posted when a run fails, ends partial or the lake is stale, to a local HTTP
+receiver that answers as the test says; a webhook that fails never changes the exit code."""
+
+from __future__ import annotations
+
+import json
+import threading
+from collections.abc import Iterator
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from pathlib import Path
+
+import pytest
+from typer.testing import CliRunner
+
+from stock_pipeline.cli import app
+from stock_pipeline.errors import ExitCode
+from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
+from tests.support import API_KEY, assert_no_secret
+
+runner = CliRunner()
+ENV = {"FMP_API_KEY": API_KEY, "STOCK_PIPELINE_RETRY_BASE_DELAY": "0"}
+#: The path of a Slack webhook is its secret.
+TOKEN = "T000/B000/SECRET-TOKEN"
+
+
+class Receiver:
+    """An HTTP server on 127.0.0.1 that records each POST and answers with the next status."""
+
+    def __init__(self, statuses: list[int]) -> None:
+        self.posts: list[dict[str, str]] = []
+        self.statuses = statuses
+        receiver = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def do_POST(self) -> None:
+                body = self.rfile.read(int(self.headers["Content-Length"]))
+                receiver.posts.append(json.loads(body))
+                status = receiver.statuses.pop(0) if receiver.statuses else 200
+                self.send_response(status)
+                self.end_headers()
+                self.wfile.write(b"ok")
+
+            def log_message(self, *args: object) -> None:
+                pass
+
+        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/{TOKEN}"
+
+    def __enter__(self) -> Receiver:
+        threading.Thread(target=self.server.serve_forever, daemon=True).start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.server.shutdown()
+        self.server.server_close()
+
+
+@pytest.fixture
+def receiver() -> Iterator[Receiver]:
+    with Receiver([]) as server:
+        yield server
+
+
+def write_tickers(path: Path, *symbols: str) -> Path:
+    path.write_text("symbol\n" + "\n".join(symbols) + "\n")
+    return path
+
+
+def ingest(tmp_path: Path, url: str, *symbols: str, down: str | None = None) -> tuple[int, str]:
+    tickers = write_tickers(tmp_path / "tickers.csv", *symbols)
+    faults = {down: (Fault(kind="server_error"),)} if down else {}
+    with SimulatorThread(SimulatorConfig(api_key=API_KEY, faults=faults)) as sim:
+        result = runner.invoke(
+            app,
+            [
+                "ingest", "--fmp-base-url", sim.url, "--lake", str(tmp_path / "lake"),
+                "--tickers-path", str(tickers), "--start", "2025-03-03", "--end", "2025-03-14",
+                "--rate-limit", "6000", "--datasets", "prices", "--notify-url", url, "-v",
+            ],
+            env=ENV,
+            catch_exceptions=False,
+        )  # fmt: skip
+    return result.exit_code, result.output
+
+
+def test_a_partial_run_posts_its_summary_and_keeps_its_exit_code(
+    tmp_path: Path, receiver: Receiver
+) -> None:
+    code, output = ingest(tmp_path, receiver.url, "AAPL", "IBM", down="IBM")
+    assert code == ExitCode.PARTIAL
+    [post] = receiver.posts
+    text = post["text"]
+    assert "ended partial (exit 1)" in text
+    assert "prices IBM: " in text
+    assert f"manifest: {tmp_path / 'lake'}/_runs/" in text
+    assert_no_secret(text)
+    assert TOKEN not in output  # the webhook's secret path is never printed or logged
+
+
+def test_a_run_that_lands_everything_posts_nothing(tmp_path: Path, receiver: Receiver) -> None:
+    code, _ = ingest(tmp_path, receiver.url, "AAPL")
+    assert code == ExitCode.OK
+    assert receiver.posts == []
+
+
+def test_a_run_that_cannot_start_posts_why(tmp_path: Path, receiver: Receiver) -> None:
+    (tmp_path / "lake").write_text("a file where the lake folder should be")
+    code, _ = ingest(tmp_path, receiver.url, "AAPL")
+    assert code == ExitCode.USAGE
+    [post] = receiver.posts
+    assert post["text"].startswith("stock_pipeline ingest could not start: cannot write")
+
+
+def test_a_failing_webhook_is_retried_then_given_up_without_failing_the_run(
+    tmp_path: Path,
+) -> None:
+    with Receiver([500, 503, 429, 500]) as failing:
+        code, output = ingest(tmp_path, failing.url, "AAPL", "IBM", down="IBM")
+    assert code == ExitCode.PARTIAL  # the run's own code, not the webhook's
+    assert len(failing.posts) == 4  # every attempt, then it gives up
+    assert "could not post to the webhook at 127.0.0.1" in output
+    assert TOKEN not in output
+
+
+def test_a_webhook_that_refuses_the_message_is_not_retried(tmp_path: Path) -> None:
+    with Receiver([400]) as refusing:
+        code, output = ingest(tmp_path, refusing.url, "AAPL", "IBM", down="IBM")
+    assert code == ExitCode.PARTIAL
+    assert len(refusing.posts) == 1
+    assert "refused the message (HTTP 400)" in output
+
+
+def test_an_unreachable_webhook_never_fails_the_run(tmp_path: Path) -> None:
+    with Receiver([]) as gone:
+        url = gone.url
+    code, output = ingest(tmp_path, url, "AAPL", "IBM", down="IBM")
+    assert code == ExitCode.PARTIAL
+    assert "could not post to the webhook" in output
+
+
+def test_status_posts_a_stale_lake_and_not_a_fresh_one(tmp_path: Path, receiver: Receiver) -> None:
+    assert ingest(tmp_path, receiver.url, "AAPL")[0] == ExitCode.OK
+    common = [
+        "status", "--lake", str(tmp_path / "lake"), "--tickers-path",
+        str(tmp_path / "tickers.csv"), "--notify-url", receiver.url,
+    ]  # fmt: skip
+    fresh = runner.invoke(app, [*common, "--as-of", "2025-03-15T12:00:00+00:00"], env=ENV)
+    assert (fresh.exit_code, receiver.posts) == (ExitCode.OK, [])
+    stale = runner.invoke(app, [*common, "--as-of", "2025-03-21T22:00:00+00:00"], env=ENV)
+    assert stale.exit_code == ExitCode.PARTIAL
+    [post] = receiver.posts
+    assert "STALE or incomplete" in post["text"]
+    assert "| prices | 2025-03-14 | 2025-03-14 | 5 | 0/1 | AAPL |" in post["text"]
+
+
+def test_only_an_http_webhook_is_accepted(tmp_path: Path) -> None:
+    code, output = ingest(tmp_path, "file:///etc/passwd", "AAPL")
+    assert code == ExitCode.USAGE
+    assert "--notify-url must be an http(s) URL" in output
