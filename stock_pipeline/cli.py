@@ -351,12 +351,20 @@ async def _execute(
 
 
 def _alert(notify_url: str | None, text: str, secret: str | None) -> None:
-    """Post `text` to the team's webhook, if one is set; a webhook that fails is only logged."""
-    if notify_url:
-        from stock_pipeline.notify import post_webhook
+    """Post `text` to the team's webhook and mail it, where they are set up; either failing is
+    only logged."""
+    from stock_pipeline.notify import SmtpSettings, post_webhook, send_email
 
-        delay = _env_float("STOCK_PIPELINE_RETRY_BASE_DELAY", 1.0)
+    delay = _env_float("STOCK_PIPELINE_RETRY_BASE_DELAY", 1.0)
+    if notify_url:
         post_webhook(notify_url, redact(text, secret), base_delay=delay)
+    try:
+        smtp = SmtpSettings.from_env()
+    except ValueError as error:
+        log.warning("no email sent: %s", error)
+        return
+    if smtp is not None:
+        send_email(smtp, redact(text, secret), base_delay=delay)
 
 
 def run_command(

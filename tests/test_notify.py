@@ -3,17 +3,22 @@ receiver that answers as the test says; a webhook that fails never changes the e
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
+import socket
 import threading
 from collections.abc import Iterator
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+from typing import Any
 
 import pytest
 from typer.testing import CliRunner
 
 from stock_pipeline.cli import app
 from stock_pipeline.errors import ExitCode
+from stock_pipeline.notify import SmtpSettings
 from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
 from tests.support import API_KEY, assert_no_secret
 
@@ -157,3 +162,96 @@ def test_only_an_http_webhook_is_accepted(tmp_path: Path) -> None:
     code, output = ingest(tmp_path, "file:///etc/passwd", "AAPL")
     assert code == ExitCode.USAGE
     assert "--notify-url must be an http(s) URL" in output
+
+
+class Inbox:
+    """An aiosmtpd handler that keeps every message it is given."""
+
+    def __init__(self) -> None:
+        self.envelopes: list[Any] = []
+
+    async def handle_DATA(self, server: Any, session: Any, envelope: Any) -> str:
+        self.envelopes.append(envelope)
+        return "250 OK"
+
+
+@pytest.fixture
+def inbox() -> Iterator[tuple[Inbox, int]]:
+    from aiosmtpd.controller import Controller
+
+    with socket.socket() as probe:  # a free port on 127.0.0.1 for the SMTP server
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    handler = Inbox()
+    controller = Controller(handler, hostname="127.0.0.1", port=port)
+    controller.start()
+    try:
+        yield handler, port
+    finally:
+        controller.stop()
+
+
+def smtp_env(port: int) -> dict[str, str]:
+    return {
+        "STOCK_PIPELINE_SMTP_HOST": "127.0.0.1",
+        "STOCK_PIPELINE_SMTP_PORT": str(port),
+        "STOCK_PIPELINE_SMTP_STARTTLS": "0",
+        "STOCK_PIPELINE_SMTP_FROM": "pipeline@example.com",
+        "STOCK_PIPELINE_SMTP_TO": "data@example.com, oncall@example.com",
+    }
+
+
+def test_a_partial_run_is_mailed_as_text_and_html(
+    tmp_path: Path, inbox: tuple[Inbox, int], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    handler, port = inbox
+    for name, value in smtp_env(port).items():
+        monkeypatch.setenv(name, value)
+    with Receiver([]) as receiver:
+        code, _ = ingest(tmp_path, receiver.url, "AAPL", "IBM", down="IBM")
+    assert code == ExitCode.PARTIAL
+    [envelope] = handler.envelopes
+    assert envelope.rcpt_tos == ["data@example.com", "oncall@example.com"]
+    message = email.message_from_bytes(envelope.content, policy=email.policy.default)
+    assert message["Subject"].startswith("stock_pipeline run ")
+    assert "ended partial (exit 1)" in message["Subject"]
+    text = message.get_body(("plain",)).get_content()
+    page = message.get_body(("html",)).get_content()
+    assert "prices IBM: " in text
+    assert "prices IBM: " in page
+    assert page.startswith("<pre>")
+    assert_no_secret(envelope.content.decode())
+
+
+def test_a_mail_server_that_is_down_never_fails_the_run(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]  # nothing listens there once the probe closes
+    for name, value in smtp_env(port).items():
+        monkeypatch.setenv(name, value)
+    with Receiver([]) as receiver:
+        code, output = ingest(tmp_path, receiver.url, "AAPL", "IBM", down="IBM")
+    assert code == ExitCode.PARTIAL
+    assert "could not send mail through 127.0.0.1" in output
+    assert len(receiver.posts) == 1  # the webhook still got its message
+
+
+def test_email_settings_come_from_the_environment() -> None:
+    assert SmtpSettings.from_env({}) is None  # no host: no email
+    with pytest.raises(ValueError, match="STOCK_PIPELINE_SMTP_FROM and STOCK_PIPELINE_SMTP_TO"):
+        SmtpSettings.from_env({"STOCK_PIPELINE_SMTP_HOST": "mail.example.com"})
+    settings = SmtpSettings.from_env(
+        {**smtp_env(2525), "STOCK_PIPELINE_SMTP_USER": "bot", "STOCK_PIPELINE_SMTP_PASSWORD": "pw"}
+    )
+    assert settings == SmtpSettings(
+        host="127.0.0.1",
+        port=2525,
+        starttls=False,
+        sender="pipeline@example.com",
+        recipients=("data@example.com", "oncall@example.com"),
+        user="bot",
+        password="pw",
+    )
+    assert SmtpSettings.from_env({**smtp_env(25), "STOCK_PIPELINE_SMTP_STARTTLS": "1"}).starttls  # type: ignore[union-attr]
