@@ -64,6 +64,42 @@ def run_message(report: RunReport, secret: str | None = None) -> str:
     return redact("\n".join(lines), secret)
 
 
+class _Passing(Exception):
+    """A failure that trying again may mend (a server error, a dropped connection)."""
+
+
+class _Final(Exception):
+    """A refusal that trying again will not change."""
+
+
+def _retried(
+    attempt: Callable[[], None],
+    *,
+    recipient: str,
+    gave_up: str,
+    attempts: int,
+    base_delay: float,
+    sleep: Callable[[float], None],
+) -> bool:
+    """Call `attempt` until it returns, with exponential backoff between tries; whether it got
+    through. A final refusal is logged as `recipient` refusing, the last failure as `gave_up`
+    (both name a host, never a URL)."""
+    reason = "no attempt"
+    for number in range(attempts):
+        try:
+            attempt()
+            return True
+        except _Final as refusal:
+            log.warning("%s refused the message (%s)", recipient, refusal)
+            return False
+        except _Passing as failure:
+            reason = str(failure)
+        if number + 1 < attempts:
+            sleep(base_delay * 2**number)
+    log.warning("%s (%s, %d attempts)", gave_up, reason, attempts)
+    return False
+
+
 def post_webhook(
     url: str,
     text: str,
@@ -80,24 +116,28 @@ def post_webhook(
         log.warning("not posting to a %r URL: the webhook must be http(s)", parts.scheme)
         return False
     body = json.dumps({"text": text}).encode()
-    for attempt in range(attempts):
+
+    def post() -> None:
         request = urllib.request.Request(
             url, data=body, headers={"Content-Type": "application/json"}, method="POST"
         )
         try:
             with urllib.request.urlopen(request, timeout=TIMEOUT_SECONDS):
-                return True
+                return
         except urllib.error.HTTPError as error:
-            if error.code < 500 and error.code != 429:
-                log.warning("the webhook at %s refused the message (HTTP %d)", host, error.code)
-                return False
-            reason = f"HTTP {error.code}"
+            final = error.code < 500 and error.code != 429
+            raise (_Final if final else _Passing)(f"HTTP {error.code}") from None
         except (urllib.error.URLError, OSError) as error:
-            reason = type(error).__name__
-        if attempt + 1 < attempts:
-            sleep(base_delay * 2**attempt)
-    log.warning("could not post to the webhook at %s (%s, %d attempts)", host, reason, attempts)
-    return False
+            raise _Passing(type(error).__name__) from None
+
+    return _retried(
+        post,
+        recipient=f"the webhook at {host}",
+        gave_up=f"could not post to the webhook at {host}",
+        attempts=attempts,
+        base_delay=base_delay,
+        sleep=sleep,
+    )
 
 
 @dataclass(frozen=True, slots=True)
@@ -150,8 +190,8 @@ def send_email(
     message["To"] = ", ".join(settings.recipients)
     message.set_content(text)
     message.add_alternative(f"<pre>{html.escape(text)}</pre>", subtype="html")
-    reason = "no attempt"
-    for attempt in range(attempts):
+
+    def send() -> None:
         try:
             with smtplib.SMTP(settings.host, settings.port, timeout=TIMEOUT_SECONDS) as smtp:
                 if settings.starttls:
@@ -159,17 +199,17 @@ def send_email(
                 if settings.user:
                     smtp.login(settings.user, settings.password or "")
                 smtp.send_message(message)
-            return True
         except smtplib.SMTPResponseException as error:
-            if not 400 <= error.smtp_code < 500:
-                log.warning(
-                    "the mail server %s refused the message (%d)", settings.host, error.smtp_code
-                )
-                return False
-            reason = f"SMTP {error.smtp_code}"
+            final = not 400 <= error.smtp_code < 500
+            raise (_Final if final else _Passing)(f"SMTP {error.smtp_code}") from None
         except (smtplib.SMTPException, OSError) as error:
-            reason = type(error).__name__
-        if attempt + 1 < attempts:
-            sleep(base_delay * 2**attempt)
-    log.warning("could not send mail through %s (%s, %d attempts)", settings.host, reason, attempts)
-    return False
+            raise _Passing(type(error).__name__) from None
+
+    return _retried(
+        send,
+        recipient=f"the mail server {settings.host}",
+        gave_up=f"could not send mail through {settings.host}",
+        attempts=attempts,
+        base_delay=base_delay,
+        sleep=sleep,
+    )
