@@ -146,7 +146,8 @@ def _price_status(
 ) -> PriceStatus:
     through = landed_through(manifests, datasets=[name])
     by_symbol = {symbol: day for (_, symbol), day in through.items()}
-    covered = [t for t in tickers if by_symbol.get(t) is not None and by_symbol[t] >= last_session]
+    universe = set(tickers)
+    covered = {t for t in tickers if by_symbol.get(t) is not None and by_symbol[t] >= last_session}
     days = [by_symbol.get(t) for t in tickers]
     complete = None if not days or any(d is None for d in days) else min(d for d in days if d)
     newest = max((d for d in by_symbol.values()), default=None)
@@ -169,8 +170,8 @@ def _price_status(
         complete_through=complete,
         lag_sessions=lag,
         tickers_covered=len(covered),
-        tickers_not_covered=tuple(t for t in tickers if t not in set(covered)),
-        missing_sessions={s: n for s, n in sorted(missing.items()) if n and s in set(tickers)},
+        tickers_not_covered=tuple(t for t in tickers if t not in covered),
+        missing_sessions={s: n for s, n in sorted(missing.items()) if n and s in universe},
     )
 
 
