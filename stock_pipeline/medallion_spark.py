@@ -620,7 +620,8 @@ def refresh_gold_tables(
     for name, column in GOLD_TABLES.items():  # in order: daily_features reads fundamentals_pit
         table, source = tables.name(name), tables.name(gold_source(name))
         spark.sql(gold_source_sql(name, tables, statement_basis))
-        if _is_table(spark, table) and spark.table(table).columns == spark.table(source).columns:
+        kind = _table_type(spark, table)
+        if kind not in (None, "VIEW") and spark.table(table).columns == spark.table(source).columns:
             spark.sql(gold_invalidate_sql(name, tables))
             spark.sql(gold_refill_sql(name, tables))
             if engine.alter_comments:
@@ -630,7 +631,7 @@ def refresh_gold_tables(
                 f"ON t.symbol = c.symbol AND t.{column} >= c.since"
             ).collect()[0][0]
             continue
-        if spark.catalog.tableExists(table) and spark.catalog.getTable(table).tableType == "VIEW":
+        if kind == "VIEW":
             spark.sql(f"DROP VIEW {table}")  # a deployment from before the tables
         columns = ", ".join(
             f"{f.name} {f.dataType.simpleString()}" for f in spark.table(source).schema.fields
@@ -646,10 +647,11 @@ def refresh_gold_tables(
     return GoldRefresh(len(files), len(changes), rows)
 
 
-def _is_table(spark: SparkSession, name: str) -> bool:
-    return (
-        bool(spark.catalog.tableExists(name)) and spark.catalog.getTable(name).tableType != "VIEW"
-    )
+def _table_type(spark: SparkSession, name: str) -> str | None:
+    """The catalog's type of `name` (MANAGED, EXTERNAL, VIEW, ...), or None when it does not exist."""
+    if not spark.catalog.tableExists(name):
+        return None
+    return str(spark.catalog.getTable(name).tableType)
 
 
 # --- upkeep -------------------------------------------------------------------------------------
