@@ -19,3 +19,9 @@ def all_text_under(root: Path) -> str:
 
 def assert_no_secret(text: str, secret: str = API_KEY) -> None:
     assert secret not in text, "the API key leaked"
+
+
+def write_tickers(path: Path, *symbols: str) -> Path:
+    """A tickers file (a `symbol` column) at `path`."""
+    path.write_text("symbol\n" + "\n".join(symbols) + "\n")
+    return path

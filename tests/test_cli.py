@@ -20,17 +20,12 @@ from stock_pipeline.errors import ExitCode
 from stock_pipeline.lake import LocalLake, read_dataset, read_manifests
 from stock_pipeline.plan import shard_symbols
 from stock_pipeline.simulator import Fault, Refusal, SimulatorConfig, SimulatorThread
-from tests.support import API_KEY, all_text_under, assert_no_secret, files_under
+from tests.support import API_KEY, all_text_under, assert_no_secret, files_under, write_tickers
 
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
 runner = CliRunner()
-
-
-def write_tickers(path: Path, *symbols: str) -> Path:
-    path.write_text("symbol\n" + "\n".join(symbols) + "\n")
-    return path
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:

@@ -11,15 +11,14 @@ from typer.testing import CliRunner
 from stock_pipeline.cli import app
 from stock_pipeline.errors import ExitCode
 from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
-from tests.support import API_KEY
+from tests.support import API_KEY, write_tickers
 
 runner = CliRunner()
 ENV = {"FMP_API_KEY": API_KEY, "STOCK_PIPELINE_RETRY_BASE_DELAY": "0"}
 
 
 def ingest(tmp_path: Path, *symbols: str, down: str | None = None, lake: str = "lake") -> int:
-    tickers = tmp_path / "tickers.csv"
-    tickers.write_text("symbol\n" + "\n".join(symbols) + "\n")
+    tickers = write_tickers(tmp_path / "tickers.csv", *symbols)
     faults = {down: (Fault(kind="server_error"),)} if down else {}
     with SimulatorThread(SimulatorConfig(api_key=API_KEY, faults=faults)) as sim:
         result = runner.invoke(

@@ -20,7 +20,7 @@ from stock_pipeline.cli import app
 from stock_pipeline.errors import ExitCode
 from stock_pipeline.notify import SmtpSettings
 from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
-from tests.support import API_KEY, assert_no_secret
+from tests.support import API_KEY, assert_no_secret, write_tickers
 
 runner = CliRunner()
 ENV = {"FMP_API_KEY": API_KEY, "STOCK_PIPELINE_RETRY_BASE_DELAY": "0"}
@@ -64,11 +64,6 @@ class Receiver:
 def receiver() -> Iterator[Receiver]:
     with Receiver([]) as server:
         yield server
-
-
-def write_tickers(path: Path, *symbols: str) -> Path:
-    path.write_text("symbol\n" + "\n".join(symbols) + "\n")
-    return path
 
 
 def ingest(tmp_path: Path, url: str, *symbols: str, down: str | None = None) -> tuple[int, str]:

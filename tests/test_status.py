@@ -13,7 +13,7 @@ from typer.testing import CliRunner
 from stock_pipeline.cli import app
 from stock_pipeline.errors import ExitCode
 from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
-from tests.support import API_KEY
+from tests.support import API_KEY, write_tickers
 
 runner = CliRunner()
 ENV = {"FMP_API_KEY": API_KEY, "STOCK_PIPELINE_RETRY_BASE_DELAY": "0"}
@@ -21,11 +21,6 @@ ENV = {"FMP_API_KEY": API_KEY, "STOCK_PIPELINE_RETRY_BASE_DELAY": "0"}
 WEEKEND = "2025-03-15T12:00:00+00:00"
 #: A week later, after Friday 2025-03-21's close: five sessions behind.
 WEEK_LATER = "2025-03-21T22:00:00+00:00"
-
-
-def write_tickers(path: Path, *symbols: str) -> Path:
-    path.write_text("symbol\n" + "\n".join(symbols) + "\n")
-    return path
 
 
 def invoke(*args: str, env: dict[str, str] | None = None) -> tuple[int, str]:
