@@ -12,6 +12,7 @@ import urllib.parse
 from collections import Counter
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import ExitStack, contextmanager
+from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any, Literal
@@ -34,8 +35,14 @@ from stock_pipeline.config import (
     read_tickers,
 )
 from stock_pipeline.datasets import DATASETS, DEFAULT_DATASETS
-from stock_pipeline.errors import ConfigError, ExitCode, FmpAuthError, StockPipelineError
-from stock_pipeline.lake import Lake, open_lake, read_manifests
+from stock_pipeline.errors import (
+    ConfigError,
+    ExitCode,
+    FmpAuthError,
+    LakeError,
+    StockPipelineError,
+)
+from stock_pipeline.lake import Lake, manifest_path, open_lake, read_manifests
 from stock_pipeline.market_calendar import (
     EARLIEST_SESSION,
     NEW_YORK,
@@ -367,6 +374,18 @@ def _alert(notify_url: str | None, text: str, secret: str | None) -> None:
         send_email(smtp, redact(text, secret), base_delay=delay)
 
 
+@dataclass
+class _Outcome:
+    """What `_run_command` got to before it returned or raised, for the files written after."""
+
+    report: RunReport | None = None
+    plan: Plan | None = None
+    lake: Lake | None = None
+    run_id: str | None = None
+    #: Why the run could not start or did not finish, as the alert said it.
+    problem: str | None = None
+
+
 def run_command(
     settings: Settings,
     *,
@@ -374,15 +393,19 @@ def run_command(
     now: dt.datetime | None = None,
     notify_url: str | None = None,
     metrics_file: Path | None = None,
+    summary_file: Path | None = None,
+    save_manifest: Path | None = None,
 ) -> ExitCode:
     """Everything `ingest` does after parsing options; returns the exit code. With `notify_url`,
     a run that does not end `ok` (or cannot start) is posted there; with `metrics_file`, every
-    run's metrics are written there (Prometheus text format)."""
+    run's metrics are written there (Prometheus text format); with `summary_file`, a Markdown
+    summary is appended there (a CI job summary); with `save_manifest`, the run's manifest is
+    copied there (a CI artifact)."""
     started = now or dt.datetime.now(dt.UTC)
-    reports: list[RunReport] = []
+    outcome = _Outcome()
     code: int = ExitCode.PARTIAL
     try:
-        code = _run_command(settings, dry_run, started, notify_url, reports)
+        code = _run_command(settings, dry_run, started, notify_url, outcome)
         return code
     except typer.Exit as stop:
         code = stop.exit_code
@@ -396,8 +419,55 @@ def run_command(
                 exit_code=code,
                 started_at=started,
                 finished_at=dt.datetime.now(dt.UTC),
-                report=reports[0] if reports else None,
+                report=outcome.report,
             )
+        if summary_file is not None:
+            _append_summary(summary_file, outcome, code, dry_run, settings.api_key)
+        if save_manifest is not None and not dry_run:
+            _save_manifest(save_manifest, outcome)
+
+
+def _append_summary(
+    path: Path, outcome: _Outcome, code: int, dry_run: bool, secret: str | None
+) -> None:
+    """Append the run's Markdown summary to `path`; a file that cannot be written is logged."""
+    if outcome.report is not None:
+        from stock_pipeline.notify import run_markdown
+
+        text = run_markdown(outcome.report, secret)
+    elif dry_run and outcome.plan is not None:
+        plan = outcome.plan
+        counts = ", ".join(f"{n} {c:,}" for n, c in plan.requests_by_dataset().items())
+        text = (
+            f"## stock_pipeline dry run\n\nSessions {plan.start} to {plan.end}, "
+            f"{len(plan.symbols):,} tickers, {len(plan.requests):,} requests ({counts}). "
+            "Nothing was fetched or written.\n"
+        )
+    else:
+        problem = outcome.problem or "the run stopped before it finished"
+        text = f"## stock_pipeline ingest: exit {code}\n\n{problem}\n"
+    try:
+        with path.open("a", encoding="utf-8") as summary:
+            summary.write(redact(text, secret) + "\n")
+    except OSError as error:
+        log.warning("could not write the summary to %s: %s", path, error.strerror)
+
+
+def _save_manifest(path: Path, outcome: _Outcome) -> None:
+    """Copy the run's manifest, as the lake holds it, to `path` (manifests carry no secret). An
+    aborted run's manifest is copied too; a run that wrote none leaves no file."""
+    if outcome.lake is None or outcome.run_id is None:
+        return
+    try:
+        data = outcome.lake.read_file(manifest_path(outcome.run_id))
+    except (LakeError, FileNotFoundError):
+        log.warning("no manifest to copy to %s: the run wrote none", path)
+        return
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(data)
+    except OSError as error:
+        log.warning("could not copy the manifest to %s: %s", path, error.strerror)
 
 
 def _run_command(
@@ -405,7 +475,7 @@ def _run_command(
     dry_run: bool,
     started: dt.datetime,
     notify_url: str | None,
-    reports: list[RunReport],
+    outcome: _Outcome,
 ) -> ExitCode:
     secret = settings.api_key
     try:
@@ -420,6 +490,7 @@ def _run_command(
             )
         lake = open_lake(settings.lake, sse=settings.sse, kms_key_id=settings.kms_key_id)
         lake.check()
+        outcome.lake = lake
         completed = last_completed_session(started)
         end = settings.end or completed
         _check_dates(settings.start, end, completed)
@@ -447,6 +518,7 @@ def _run_command(
         known = selective and any(records.get(s) for s in symbols)
         filings_span = filings_window(manifests, today, symbols) if known else None
         run_id = new_run_id(started)
+        outcome.run_id = run_id
 
         def make_plan(filings: Sequence[Filing]) -> Plan:
             def build(companies: Any) -> Plan:
@@ -482,9 +554,11 @@ def _run_command(
             return build(schedule)
 
         plan = make_plan(())
+        outcome.plan = plan
     except StockPipelineError as error:
+        outcome.problem = f"stock_pipeline ingest could not start: {error}"
         if not dry_run:
-            _alert(notify_url, f"stock_pipeline ingest could not start: {error}", secret)
+            _alert(notify_url, outcome.problem, secret)
         raise _fail(error, ExitCode.USAGE, secret) from None
     if dry_run:
         _print_plan(plan, settings, filings_span)
@@ -500,12 +574,14 @@ def _run_command(
         )
         raise typer.Exit(130) from None
     except FmpAuthError as error:
-        _alert(notify_url, f"stock_pipeline ingest aborted: {error}", secret)
+        outcome.problem = f"stock_pipeline ingest aborted: {error}"
+        _alert(notify_url, outcome.problem, secret)
         raise _fail(f"{error}; the run was aborted", ExitCode.AUTH, secret) from None
     except StockPipelineError as error:
-        _alert(notify_url, f"stock_pipeline ingest failed: {error}", secret)
+        outcome.problem = f"stock_pipeline ingest failed: {error}"
+        _alert(notify_url, outcome.problem, secret)
         raise _fail(error, error.exit_code, secret) from None
-    reports.append(report)
+    outcome.report = report
     _print_summary(report)
     if report.exit_code != ExitCode.OK:
         from stock_pipeline.notify import run_message
@@ -690,6 +766,26 @@ def ingest(
             show_default=False,
         ),
     ] = None,
+    summary_file: Annotated[
+        Path | None,
+        typer.Option(
+            "--summary-file",
+            envvar="STOCK_PIPELINE_SUMMARY_FILE",
+            dir_okay=False,
+            help="Append the run's summary here, in Markdown (e.g. $GITHUB_STEP_SUMMARY).",
+            show_default=False,
+        ),
+    ] = None,
+    save_manifest: Annotated[
+        Path | None,
+        typer.Option(
+            "--save-manifest",
+            envvar="STOCK_PIPELINE_SAVE_MANIFEST",
+            dir_okay=False,
+            help="Copy the run's manifest here once it is written (e.g. for a CI artifact).",
+            show_default=False,
+        ),
+    ] = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
     """Fetch FMP data for every ticker and land it in the lake (key from FMP_API_KEY or .env).
@@ -726,7 +822,12 @@ def ingest(
     _check_notify_url(notify_url)
     code = _guarded(
         lambda: run_command(
-            settings, dry_run=dry_run, notify_url=notify_url, metrics_file=metrics_file
+            settings,
+            dry_run=dry_run,
+            notify_url=notify_url,
+            metrics_file=metrics_file,
+            summary_file=summary_file,
+            save_manifest=save_manifest,
         ),
         settings.api_key,
     )
@@ -889,6 +990,14 @@ def status(
         str | None,
         typer.Option("--as-of", help="Judge freshness at this time (ISO 8601; default: now)."),
     ] = None,
+    shard: Annotated[
+        str | None,
+        typer.Option(
+            "--shard",
+            envvar="STOCK_PIPELINE_SHARD",
+            help="K/N: report on shard K of N of the tickers, as `ingest --shard K/N` takes them.",
+        ),
+    ] = None,
     notify_url: NotifyOption = None,
     verbose: Annotated[bool, typer.Option("--verbose", "-v", help="Debug logging.")] = False,
 ) -> None:
@@ -911,6 +1020,8 @@ def status(
     def report() -> ExitCode:
         try:
             tickers = read_tickers(tickers_path)
+            if shard is not None:
+                tickers = shard_symbols(tickers, *parse_shard(shard))
             store = open_lake(lake)
             if isinstance(store, LocalLake) and not store.root.is_dir():
                 raise _fail(f"no lake at {store.root}", ExitCode.USAGE, None)

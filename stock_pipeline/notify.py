@@ -28,7 +28,14 @@ from email.message import EmailMessage
 from stock_pipeline.pipeline import RunReport
 from stock_pipeline.redaction import redact
 
-__all__ = ["WEBHOOK_ENV", "SmtpSettings", "post_webhook", "run_message", "send_email"]
+__all__ = [
+    "WEBHOOK_ENV",
+    "SmtpSettings",
+    "post_webhook",
+    "run_markdown",
+    "run_message",
+    "send_email",
+]
 
 log = logging.getLogger(__name__)
 
@@ -61,6 +68,47 @@ def run_message(report: RunReport, secret: str | None = None) -> str:
         lines.append(f"- and {len(report.failures) - NAMED_FAILURES} more failures")
     if report.manifest is not None:
         lines.append(f"manifest: {report.lake}/{report.manifest.path}")
+    return redact("\n".join(lines), secret)
+
+
+#: Failures listed in a Markdown summary; the manifest lists every one.
+LISTED_FAILURES = 20
+
+
+def _cell(value: object) -> str:
+    return str(value).replace("|", "\\|").replace("\n", " ")
+
+
+def run_markdown(report: RunReport, secret: str | None = None) -> str:
+    """A run's summary as GitHub-flavoured Markdown (a CI job summary): the per-dataset table,
+    the failures and the manifest's path."""
+    lines = [
+        f"## stock_pipeline run `{report.run_id}`: {report.status}",
+        "",
+        f"Exit {int(report.exit_code)}. Sessions {report.plan.start} to {report.plan.end}, "
+        f"{len(report.plan.symbols):,} tickers, {report.rows:,} rows in {len(report.files):,} "
+        f"files, {(report.finished_at - report.started_at).total_seconds():,.0f} s.",
+        "",
+        "| dataset | symbols ok | failed | rows | quarantined | files | bytes | requests "
+        "| retries | rate-limited | seconds |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for s in report.summaries:
+        lines.append(
+            f"| {s.dataset} | {s.symbols_ok:,} | {s.symbols_failed:,} | {s.rows:,} "
+            f"| {s.quarantined:,} | {s.files:,} | {s.bytes:,} | {s.requests:,} | {s.retries:,} "
+            f"| {s.rate_limited:,} | {s.seconds:.1f} |"
+        )
+    if report.failures:
+        lines += ["", f"**{len(report.failures):,} failures**", ""]
+        for failure in report.failures[:LISTED_FAILURES]:
+            who = f"{failure.dataset} {failure.symbol or '(every symbol)'}"
+            lines.append(f"- {_cell(who)}: {_cell(failure.reason)}: {_cell(failure.error)}")
+        if len(report.failures) > LISTED_FAILURES:
+            more = len(report.failures) - LISTED_FAILURES
+            lines.append(f"- and {more:,} more, every one in the manifest")
+    manifest = f"`{report.lake}/{report.manifest.path}`" if report.manifest else "(not written)"
+    lines += ["", f"Lake `{report.lake}`; manifest {manifest}.", ""]
     return redact("\n".join(lines), secret)
 
 

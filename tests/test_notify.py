@@ -5,11 +5,8 @@ from __future__ import annotations
 
 import email
 import email.policy
-import json
 import socket
-import threading
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -20,44 +17,10 @@ from stock_pipeline.cli import app
 from stock_pipeline.errors import ExitCode
 from stock_pipeline.notify import SmtpSettings
 from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
-from tests.support import API_KEY, assert_no_secret, write_tickers
+from tests.support import API_KEY, TOKEN, Receiver, assert_no_secret, write_tickers
 
 runner = CliRunner()
 ENV = {"FMP_API_KEY": API_KEY, "STOCK_PIPELINE_RETRY_BASE_DELAY": "0"}
-#: The path of a Slack webhook is its secret.
-TOKEN = "T000/B000/SECRET-TOKEN"
-
-
-class Receiver:
-    """An HTTP server on 127.0.0.1 that records each POST and answers with the next status."""
-
-    def __init__(self, statuses: list[int]) -> None:
-        self.posts: list[dict[str, str]] = []
-        self.statuses = statuses
-        receiver = self
-
-        class Handler(BaseHTTPRequestHandler):
-            def do_POST(self) -> None:
-                body = self.rfile.read(int(self.headers["Content-Length"]))
-                receiver.posts.append(json.loads(body))
-                status = receiver.statuses.pop(0) if receiver.statuses else 200
-                self.send_response(status)
-                self.end_headers()
-                self.wfile.write(b"ok")
-
-            def log_message(self, *args: object) -> None:
-                pass
-
-        self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-        self.url = f"http://127.0.0.1:{self.server.server_address[1]}/services/{TOKEN}"
-
-    def __enter__(self) -> Receiver:
-        threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        self.server.shutdown()
-        self.server.server_close()
 
 
 @pytest.fixture

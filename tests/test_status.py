@@ -12,6 +12,7 @@ from typer.testing import CliRunner
 
 from stock_pipeline.cli import app
 from stock_pipeline.errors import ExitCode
+from stock_pipeline.plan import shard_symbols
 from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
 from tests.support import API_KEY, write_tickers
 
@@ -182,3 +183,21 @@ def test_a_lake_in_s3_is_read_over_http(tmp_path: Path, s3_endpoint: str, bucket
     )  # fmt: skip
     assert code == ExitCode.USAGE
     assert "bucket" in output
+
+
+def test_a_shard_is_judged_on_its_own_tickers(landed: tuple[Path, Path]) -> None:
+    lake, tickers = landed
+    write_tickers(tickers, "AAPL", "MSFT", "IBM")  # IBM joined, and no run has fetched it yet
+    count = 8
+    [own] = [k for k in range(1, count + 1) if shard_symbols(["IBM"], k, count)]
+    others = [
+        k for k in range(1, count + 1) if k != own and shard_symbols(["AAPL", "MSFT"], k, count)
+    ]
+    code, report = status(lake, tickers, "--as-of", WEEKEND, "--shard", f"{own}/{count}")
+    assert code == ExitCode.PARTIAL
+    assert report["prices"][0]["tickers_not_covered"] == ["IBM"]
+    for k in others:
+        code, report = status(lake, tickers, "--as-of", WEEKEND, "--shard", f"{k}/{count}")
+        assert code == ExitCode.OK, report
+        assert "IBM" not in report["prices"][0]["tickers_not_covered"]
+    assert others  # some runner holds AAPL or MSFT and is judged fresh
