@@ -55,6 +55,8 @@ class RunStatus:
     sessions: str
     rows: int
     failures: int
+    #: How many failures of each reason (`server_error`, `rate_limited`, `plan`, ...).
+    failure_reasons: dict[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +180,7 @@ def _price_status(
 def _run_status(manifest: Mapping[str, Any]) -> RunStatus:
     span = manifest.get("range") or {}
     summary = manifest.get("summary") or {}
+    failures = manifest.get("failures") or ()
     return RunStatus(
         run_id=str(manifest.get("run_id", "?")),
         status=str(manifest.get("status", "?")),
@@ -185,7 +188,8 @@ def _run_status(manifest: Mapping[str, Any]) -> RunStatus:
         finished_at=str(manifest.get("finished_at", "")),
         sessions=f"{span.get('start', '?')} to {span.get('end', '?')}",
         rows=sum(int(s.get("rows", 0)) for s in summary.values()),
-        failures=len(manifest.get("failures") or ()),
+        failures=len(failures),
+        failure_reasons=dict(Counter(str(f.get("reason", "?")) for f in failures).most_common()),
     )
 
 
@@ -288,7 +292,7 @@ def sections(status: LakeStatus) -> list[tuple[str, list[str], list[list[str]]]]
                     r.finished_at[:16],
                     r.sessions,
                     str(r.rows),
-                    str(r.failures),
+                    _failures_cell(r),
                 ]
                 for r in status.runs
             ],
@@ -321,6 +325,11 @@ def sections(status: LakeStatus) -> list[tuple[str, list[str], list[list[str]]]]
             )
         )
     return out
+
+
+def _failures_cell(run: RunStatus) -> str:
+    reasons = ", ".join(f"{reason} {n}" for reason, n in run.failure_reasons.items())
+    return f"{run.failures} ({reasons})" if reasons else str(run.failures)
 
 
 def render_markdown(status: LakeStatus) -> str:

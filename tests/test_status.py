@@ -114,6 +114,13 @@ def test_a_ticker_the_run_could_not_fetch_makes_the_lake_incomplete(tmp_path: Pa
     [run] = report["runs"]
     assert run["status"] == "partial"
     assert run["failures"] >= 1
+    assert sum(run["failure_reasons"].values()) == run["failures"]
+    assert run["failure_reasons"] == {"FmpServerError": 1}
+    code, table = invoke(
+        "status", "--lake", str(tmp_path / "lake"), "--tickers-path", str(tickers), "--as-of",
+        WEEKEND,
+    )  # fmt: skip
+    assert "1 (FmpServerError 1)" in table
 
 
 def test_a_ticker_added_since_the_run_is_not_covered(
