@@ -73,13 +73,15 @@ class LakeStatus:
     quarantined: Mapping[str, int]
     quarantine_reasons: Mapping[str, Mapping[str, int]]
     runs: tuple[RunStatus, ...]
+    #: Runs that landed files (ended ok or partial; an aborted run lands nothing).
+    landed_runs: int = 0
     #: Days since each company's newest statement was accepted by the SEC (None: none landed).
     statement_age_days: Mapping[str, int | None] = field(default_factory=dict)
 
     @property
     def fresh(self) -> bool:
         """Every price dataset within `max_lag` sessions for every ticker, and a run landed."""
-        return bool(self.runs) and all(p.lag_sessions <= self.max_lag for p in self.prices)
+        return self.landed_runs > 0 and all(p.lag_sessions <= self.max_lag for p in self.prices)
 
     def to_json(self) -> dict[str, Any]:
         data = asdict(self)
@@ -136,6 +138,7 @@ def lake_status(
         quarantined={k: v for k, v in sorted(quarantined.items()) if v},
         quarantine_reasons=reasons,
         runs=tuple(_run_status(m) for m in reversed(manifests[-RUNS_SHOWN:])),
+        landed_runs=len(landed),
         statement_age_days=ages if any(a is not None for a in ages.values()) else {},
     )
 
@@ -225,7 +228,10 @@ def _names(symbols: Sequence[str]) -> str:
 
 def sections(status: LakeStatus) -> list[tuple[str, list[str], list[list[str]]]]:
     """The report as titled tables (title, header, rows), for the table and Markdown formats."""
-    verdict = "fresh" if status.fresh else "STALE or incomplete"
+    if status.landed_runs == 0:
+        verdict = "no run has landed"
+    else:
+        verdict = "fresh" if status.fresh else "STALE or incomplete"
     out: list[tuple[str, list[str], list[list[str]]]] = [
         (
             f"{status.lake} on {status.as_of.isoformat(timespec='minutes')}: {verdict}",

@@ -145,6 +145,25 @@ def test_the_table_and_markdown_formats_say_the_same(landed: tuple[Path, Path]) 
     assert "2025-03-14" in table
 
 
+def test_a_lake_whose_only_run_was_aborted_is_not_fresh(tmp_path: Path) -> None:
+    tickers = write_tickers(tmp_path / "tickers.csv", "AAPL")
+    with SimulatorThread(SimulatorConfig(api_key="another-key")) as sim:
+        code, _ = invoke(
+            "ingest", "--fmp-base-url", sim.url, "--lake", str(tmp_path / "lake"),
+            "--tickers-path", str(tickers), "--start", "2025-03-03", "--end", "2025-03-14",
+        )  # fmt: skip
+    assert code == ExitCode.AUTH
+    code, report = status(tmp_path / "lake", tickers, "--as-of", WEEKEND)
+    assert code == ExitCode.PARTIAL
+    assert report["fresh"] is False
+    assert report["landed_runs"] == 0
+    [run] = report["runs"]
+    assert (run["status"], run["failure_reasons"]) == ("aborted", {"FmpAuthError": 1})
+    code, table = invoke("status", "--lake", str(tmp_path / "lake"), "--tickers-path",
+                         str(tickers), "--as-of", WEEKEND)  # fmt: skip
+    assert "no run has landed" in table
+
+
 def test_a_lake_without_runs_is_not_fresh(tmp_path: Path) -> None:
     (tmp_path / "lake").mkdir()
     tickers = write_tickers(tmp_path / "tickers.csv", "AAPL")
