@@ -212,6 +212,13 @@ class RequestStats:
     retries: int = 0
     rate_limited: int = 0
     failed: int = 0
+    #: Responses by HTTP status ("none": the request got no answer: a timeout, a dropped
+    #: connection).
+    responses: dict[str, int] = field(default_factory=dict)
+
+    def answered(self, status: int | None) -> None:
+        key = "none" if status is None else str(status)
+        self.responses[key] = self.responses.get(key, 0) + 1
 
 
 #: Wordings that mean the rate limit or a refused key under any status, even inside an array.
@@ -365,11 +372,15 @@ class FmpClient:
                         raise self._refused
                     stats.requests += 1
                     try:
-                        return await self._fetch_once(endpoint, params, dataset, symbol, raw)
-                    except FmpAuthError as refused:
-                        # Before the slot is released, so no queued request goes out after it.
-                        self._refused = refused
+                        answer = await self._fetch_once(endpoint, params, dataset, symbol, raw)
+                    except FmpError as failed:
+                        stats.answered(failed.status)
+                        if isinstance(failed, FmpAuthError):
+                            # Before the slot is released, so no queued request goes out after it.
+                            self._refused = failed
                         raise
+                    stats.answered(200)
+                    return answer
             except FmpError as error:
                 if isinstance(error, FmpRateLimitError):
                     stats.rate_limited += 1

@@ -88,6 +88,14 @@ def write_metrics(
             metric = gauge(f"run_{name}", f"Last run: {doc}, per dataset.", ("dataset",))
             for summary in report.summaries:
                 metric.labels(summary.dataset).set(float(getattr(summary, attribute)))
+        responses = gauge(
+            "run_responses",
+            'Last run: FMP\'s responses per dataset and HTTP status ("none": no answer).',
+            ("dataset", "status"),
+        )
+        for summary in report.summaries:
+            for status, count in summary.responses.items():
+                responses.labels(summary.dataset, status).set(count)
         failures = gauge(
             "run_failures", "Last run: failures per dataset and reason.", ("dataset", "reason")
         )

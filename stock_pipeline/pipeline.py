@@ -118,6 +118,8 @@ class DatasetSummary:
     retries: int
     rate_limited: int
     seconds: float
+    #: FMP's responses by HTTP status ("none": no answer).
+    responses: Mapping[str, int] = field(default_factory=dict)
 
 
 @dataclass(frozen=True, slots=True)
@@ -1037,6 +1039,7 @@ class _Run:
                 retries=stats.retries if stats else 0,
                 rate_limited=stats.rate_limited if stats else 0,
                 seconds=round(state.finished - state.started, 3),
+                responses=dict(sorted(stats.responses.items())) if stats else {},
             )
             return summary, gaps
 

@@ -118,7 +118,9 @@ async def test_wrong_key_is_an_auth_error_sent_once(fmp_server: SimulatorFactory
     assert caught.value.status == 401
     assert caught.value.exit_code is ExitCode.AUTH
     assert len(simulator.requests) == 1
-    assert client.stats["profile"] == RequestStats(requests=1, retries=0, rate_limited=0, failed=1)
+    assert client.stats["profile"] == RequestStats(
+        requests=1, retries=0, rate_limited=0, failed=1, responses={"401": 1}
+    )
     assert_redacted(caught.value)
 
 
@@ -277,7 +279,12 @@ async def test_transient_faults_are_retried_until_success(
     assert [record["symbol"] for record in records] == ["AAPL"]
     assert simulator.status_counts() == statuses
     assert client.stats["profile"] == RequestStats(
-        requests=times + 1, retries=times, rate_limited=0, failed=0
+        requests=times + 1,
+        retries=times,
+        rate_limited=0,
+        failed=0,
+        # The client counts every answer by status, as the server sent them.
+        responses={str(status): count for status, count in statuses.items()},
     )
 
 
@@ -356,7 +363,9 @@ async def test_bad_200_bodies_fail_as_response_errors_after_retries(
     assert wording in str(caught.value)
     assert "gave up after 3 attempts" in str(caught.value)
     assert simulator.status_counts() == {200: 3}
-    assert client.stats["profile"] == RequestStats(requests=3, retries=2, rate_limited=0, failed=1)
+    assert client.stats["profile"] == RequestStats(
+        requests=3, retries=2, rate_limited=0, failed=1, responses={"200": 3}
+    )
     assert_redacted(caught.value)
 
 
@@ -385,7 +394,9 @@ async def test_refused_connection_is_a_transport_error_without_the_key() -> None
             await client.fetch_records(PROFILE, {"symbol": "AAPL"}, dataset="profile")
 
     assert "connection to FMP failed" in str(caught.value)
-    assert client.stats["profile"] == RequestStats(requests=2, retries=1, rate_limited=0, failed=1)
+    assert client.stats["profile"] == RequestStats(
+        requests=2, retries=1, rate_limited=0, failed=1, responses={"none": 2}
+    )
     assert_redacted(caught.value)
 
 
@@ -457,7 +468,9 @@ async def test_retry_after_decides_the_wait(header: str, expected: float) -> Non
     assert records == []
     assert sleep.calls == [expected]
     assert answers == []
-    assert client.stats["profile"] == RequestStats(requests=2, retries=1, rate_limited=0, failed=0)
+    assert client.stats["profile"] == RequestStats(
+        requests=2, retries=1, rate_limited=0, failed=0, responses={"503": 1, "200": 1}
+    )
 
 
 async def test_a_non_numeric_retry_after_never_becomes_a_nan_wait() -> None:
@@ -663,8 +676,13 @@ async def test_stats_count_each_datasets_traffic(fmp_server: SimulatorFactory) -
             await client.fetch_records(INCOME, {"symbol": "TSLA"}, dataset="income")
 
     assert client.stats == {
-        "profile": RequestStats(requests=4, retries=2, rate_limited=0, failed=0),
-        "income": RequestStats(requests=4, retries=2, rate_limited=3, failed=2),
+        "profile": RequestStats(
+            requests=4, retries=2, rate_limited=0, failed=0, responses={"503": 2, "200": 2}
+        ),
+        # MSFT's "Limit Reach" comes under a 200, three times; TSLA's refusal is a 402.
+        "income": RequestStats(
+            requests=4, retries=2, rate_limited=3, failed=2, responses={"200": 3, "402": 1}
+        ),
     }
     assert len(simulator.requests) == 8
 

@@ -54,6 +54,12 @@ def test_a_run_writes_its_counters_and_its_success_time(tmp_path: Path) -> None:
     assert found[("stock_pipeline_run_files", prices)] == 10
     assert found[("stock_pipeline_run_symbols_failed", prices)] == 0
     assert found[("stock_pipeline_run_requests", (("dataset", "profile"),))] == 2
+    responses = {
+        dict(labels)["status"]: value
+        for (name, labels), value in found.items()
+        if name == "stock_pipeline_run_responses" and dict(labels)["dataset"] == "prices"
+    }
+    assert responses == {"200": 2}
     assert found[("stock_pipeline_run_duration_seconds", ())] > 0
     finished = found[("stock_pipeline_run_finished_timestamp_seconds", ())]
     assert found[("stock_pipeline_last_success_timestamp_seconds", ())] == finished
@@ -68,6 +74,16 @@ def test_a_partial_run_keeps_the_last_success_and_counts_its_failures(tmp_path: 
     assert found[("stock_pipeline_last_success_timestamp_seconds", ())] == success
     prices = (("dataset", "prices"),)
     assert found[("stock_pipeline_run_symbols_failed", prices)] == 1
+    responses = {
+        dict(labels)["status"]: value
+        for (name, labels), value in found.items()
+        if name == "stock_pipeline_run_responses" and dict(labels)["dataset"] == "prices"
+    }
+    # AAPL answered once; IBM's 503s, first try and every retry, each counted.
+    requests = found[("stock_pipeline_run_requests", prices)]
+    retries = found[("stock_pipeline_run_retries", prices)]
+    assert responses == {"200": 1, "503": requests - 1}  # the simulator's server error
+    assert requests - 1 == retries + 1
     failures = {k: v for k, v in found.items() if k[0] == "stock_pipeline_run_failures"}
     assert sum(failures.values()) >= 2  # IBM's prices and profile
     assert all(dict(labels)["reason"] for _, labels in failures)
