@@ -91,13 +91,13 @@ app = typer.Typer(
 DEMO_KEY = "demo"
 
 
-def _date(value: str | None) -> dt.date | None:
-    if value is None:
+def _parse_date(option: str, value: str | None) -> dt.date | None:
+    if not value:
         return None
     try:
         return dt.date.fromisoformat(value)
     except ValueError:
-        raise typer.BadParameter(f"{value!r} is not a date in YYYY-MM-DD form") from None
+        raise ConfigError(f"{option} {value!r} is not a date in YYYY-MM-DD form") from None
 
 
 def _fail(error: StockPipelineError | str, code: ExitCode, secret: str | None) -> typer.Exit:
@@ -384,6 +384,8 @@ class _Outcome:
     run_id: str | None = None
     #: Why the run could not start or did not finish, as the alert said it.
     problem: str | None = None
+    #: What a run that had nothing to fetch said instead.
+    note: str | None = None
 
 
 def run_command(
@@ -411,9 +413,39 @@ def run_command(
         code = stop.exit_code
         raise
     finally:
-        if metrics_file is not None and not dry_run:
-            from stock_pipeline.metrics import write_metrics
+        _write_run_files(
+            outcome,
+            code,
+            dry_run=dry_run,
+            started=started,
+            secret=settings.api_key,
+            metrics_file=metrics_file,
+            summary_file=summary_file,
+            save_manifest=save_manifest,
+        )
 
+
+def _write_run_files(
+    outcome: _Outcome,
+    code: int,
+    *,
+    dry_run: bool,
+    started: dt.datetime,
+    secret: str | None,
+    metrics_file: Path | None,
+    summary_file: Path | None,
+    save_manifest: Path | None,
+) -> None:
+    """The summary, the manifest's copy and the metrics, each on its own: one that cannot be
+    written is logged and keeps neither the others nor the exit code from their course."""
+    if summary_file is not None:
+        _append_summary(summary_file, outcome, code, dry_run, secret)
+    if save_manifest is not None and not dry_run:
+        _save_manifest(save_manifest, outcome)
+    if metrics_file is not None and not dry_run:
+        from stock_pipeline.metrics import write_metrics
+
+        try:
             write_metrics(
                 metrics_file,
                 exit_code=code,
@@ -421,10 +453,8 @@ def run_command(
                 finished_at=dt.datetime.now(dt.UTC),
                 report=outcome.report,
             )
-        if summary_file is not None:
-            _append_summary(summary_file, outcome, code, dry_run, settings.api_key)
-        if save_manifest is not None and not dry_run:
-            _save_manifest(save_manifest, outcome)
+        except OSError as error:
+            log.warning("could not write the metrics to %s: %s", metrics_file, error.strerror)
 
 
 def _append_summary(
@@ -443,6 +473,8 @@ def _append_summary(
             f"{len(plan.symbols):,} tickers, {len(plan.requests):,} requests ({counts}). "
             "Nothing was fetched or written.\n"
         )
+    elif outcome.note is not None:
+        text = f"## stock_pipeline ingest: exit {code}\n\n{outcome.note}\n"
     else:
         problem = outcome.problem or "the run stopped before it finished"
         text = f"## stock_pipeline ingest: exit {code}\n\n{problem}\n"
@@ -500,7 +532,10 @@ def _run_command(
         if catch_up:
             last = last_landed_session(manifests, symbols=symbols, datasets=settings.datasets)
             if last is not None and last >= end and not settings.refresh:
-                out.print(f"The lake already holds every session up to {end}; nothing to fetch.")
+                outcome.note = (
+                    f"The lake already holds every session up to {end}; nothing to fetch."
+                )
+                out.print(outcome.note)
                 return ExitCode.OK
         start, end = resolve_range(
             end=end, start=settings.start, backfill_days=settings.backfill_days, last_landed=last
@@ -642,6 +677,12 @@ def _env_float(name: str, default: float) -> float:
         raise _fail(message, ExitCode.USAGE, None) from None
 
 
+def _checked_settings(**values: Any) -> Settings:
+    """Settings from option values; Settings itself checks the choices (period, prices source)
+    and raises ConfigError."""
+    return Settings(**values)
+
+
 def _settings(**values: Any) -> Settings:
     try:
         return Settings(**values)
@@ -669,9 +710,13 @@ NotifyOption = Annotated[
 ]
 
 
+class NotifyUrlError(ConfigError):
+    """--notify-url is not a URL the webhook can be posted to."""
+
+
 def _check_notify_url(url: str | None) -> None:
     if url and urllib.parse.urlsplit(url).scheme not in ("http", "https"):
-        raise _fail("--notify-url must be an http(s) URL", ExitCode.USAGE, None)
+        raise NotifyUrlError("--notify-url must be an http(s) URL")
 
 
 BackfillOption = Annotated[
@@ -796,30 +841,45 @@ def ingest(
     """
     _configure(verbose)
     _load_dotenv()  # also here for callers that invoke `app` directly (tests, embedding)
+    api_key = os.environ.get("FMP_API_KEY") or None
+    started = dt.datetime.now(dt.UTC)
     try:
-        chosen = parse_datasets(datasets)
-        runner = parse_shard(shard) if shard is not None else None
-    except ConfigError as error:
-        raise _fail(error, ExitCode.USAGE, None) from None
-    settings = _settings(
-        tickers_path=tickers_path,
-        lake=lake,
-        start=_date(start),
-        end=_date(end),
-        backfill_days=backfill_days,
-        datasets=chosen,
-        period=period,
-        rate_limit=rate_limit,
-        concurrency=concurrency,
-        fmp_base_url=fmp_base_url,
-        api_key=os.environ.get("FMP_API_KEY") or None,
-        kms_key_id=kms_key_id,
-        retry_base_delay=_env_float("STOCK_PIPELINE_RETRY_BASE_DELAY", 1.0),
-        shard=runner,
-        prices_source=prices_source,
-        refresh=refresh,
-    )
-    _check_notify_url(notify_url)
+        _check_notify_url(notify_url)
+        settings = _checked_settings(
+            tickers_path=tickers_path,
+            lake=lake,
+            start=_parse_date("--start", start),
+            end=_parse_date("--end", end),
+            backfill_days=backfill_days,
+            datasets=parse_datasets(datasets),
+            period=period,
+            rate_limit=rate_limit,
+            concurrency=concurrency,
+            fmp_base_url=fmp_base_url,
+            api_key=api_key,
+            kms_key_id=kms_key_id,
+            retry_base_delay=_env_float("STOCK_PIPELINE_RETRY_BASE_DELAY", 1.0),
+            shard=parse_shard(shard) if shard is not None else None,
+            prices_source=prices_source,
+            refresh=refresh,
+        )
+    except StockPipelineError as error:
+        # Refused before it started (a workflow's inputs, say): the same summary, metrics and
+        # alert as a run that could not start, so the job summary says why.
+        outcome = _Outcome(problem=f"stock_pipeline ingest could not start: {error}")
+        if not dry_run and not isinstance(error, NotifyUrlError):
+            _alert(notify_url, outcome.problem or "", api_key)
+        _write_run_files(
+            outcome,
+            ExitCode.USAGE,
+            dry_run=dry_run,
+            started=started,
+            secret=api_key,
+            metrics_file=metrics_file,
+            summary_file=summary_file,
+            save_manifest=None,
+        )
+        raise _fail(error, ExitCode.USAGE, api_key) from None
     code = _guarded(
         lambda: run_command(
             settings,
@@ -1009,7 +1069,10 @@ def status(
     from stock_pipeline.status import lake_status, render_markdown, sections
 
     _configure(verbose)
-    _check_notify_url(notify_url)
+    try:
+        _check_notify_url(notify_url)
+    except ConfigError as error:
+        raise _fail(error, ExitCode.USAGE, None) from None
     try:
         now = dt.datetime.fromisoformat(as_of) if as_of else dt.datetime.now(dt.UTC)
     except ValueError:

@@ -125,8 +125,11 @@ class Settings:
 def parse_shard(text: str) -> tuple[int, int]:
     """`K/N` (runner K of N, 1-based) as (K, N)."""
     match = re.fullmatch(r"\s*(\d+)\s*/\s*(\d+)\s*", text)
-    if match is None or int(match[2]) < 1:
-        raise ConfigError(f"--shard {text!r}: write it K/N, e.g. 2/4 for the second of 4 runners")
+    if match is None or not 1 <= int(match[1]) <= int(match[2]):
+        raise ConfigError(
+            f"--shard {text!r}: write it K/N with K from 1 to N, e.g. 2/4 for the second of 4 "
+            "runners"
+        )
     return int(match[1]), int(match[2])
 
 

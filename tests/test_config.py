@@ -188,7 +188,7 @@ def test_a_shard_is_k_of_n(text: str, expected: tuple[int, int]) -> None:
     assert parse_shard(text) == expected
 
 
-@pytest.mark.parametrize("text", ["2", "two/4", "2/0", "2-4", ""])
+@pytest.mark.parametrize("text", ["2", "two/4", "2/0", "2-4", "", "0/1", "5/4", "2/1"])
 def test_a_malformed_shard_says_how_to_write_it(text: str) -> None:
     with pytest.raises(ConfigError, match="K/N"):
         parse_shard(text)
