@@ -21,7 +21,7 @@ import yaml
 
 from stock_pipeline.market_calendar import last_completed_session, recent_sessions
 from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
-from tests.support import API_KEY, REPO, write_tickers
+from tests.support import API_KEY, REPO
 
 RUNBOOK = REPO / "docs" / "operations.md"
 BUNDLE = REPO / "databricks" / "databricks.yml"
@@ -96,7 +96,8 @@ class World:
 def _world(tmp_path: Path, stack: ExitStack, config: SimulatorConfig, **env: str) -> World:
     root = tmp_path / "ops"
     (root / "config").mkdir(parents=True)
-    write_tickers(root / "config" / "tickers.csv", "AAPL", "MSFT")
+    # Two columns, as the shipped config/tickers.csv has them.
+    (root / "config" / "tickers.csv").write_text("symbol,name\nAAPL,Apple\nMSFT,Microsoft\n")
     sim = stack.enter_context(SimulatorThread(config))
     base = {
         "PATH": f"{BIN}{os.pathsep}{os.environ['PATH']}",
@@ -155,19 +156,31 @@ def _redo_backfill(world: World) -> None:
     world.ingest("--start", "2025-03-03", "--end", "2025-03-14", "--datasets", "prices")
 
 
-def _s3_broken(world: World, endpoint: str) -> None:
-    s3 = boto3.client(
-        "s3",
-        endpoint_url=endpoint,
-        region_name="us-east-1",
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-    )
+#: The environment of a lake on the moto server, as the AWS CLI and the ingester both read it.
+def _s3_env(endpoint: str) -> dict[str, str]:
+    return {
+        "AWS_ENDPOINT_URL": endpoint,
+        "AWS_ACCESS_KEY_ID": "testing",
+        "AWS_SECRET_ACCESS_KEY": "testing",
+        "AWS_DEFAULT_REGION": "us-east-1",
+    }
+
+
+def _s3_lake(world: World, endpoint: str, *, create: bool) -> None:
+    """Point the world's lake at a new bucket on the moto server; `create`: make the bucket now,
+    or leave it missing with a fix that makes it."""
+    s3 = boto3.client("s3", endpoint_url=endpoint, region_name="us-east-1",
+                      aws_access_key_id="testing", aws_secret_access_key="testing")  # fmt: skip
     bucket = f"ops-lake-{os.urandom(4).hex()}"
-    world.env["STOCK_PIPELINE_LAKE"] = f"s3://{bucket}/fmp"
-    world.fixes["bucket"] = lambda: s3.create_bucket(Bucket=bucket) and None
+    world.env.update(_s3_env(endpoint), STOCK_PIPELINE_LAKE=f"s3://{bucket}/fmp")
+    if create:
+        s3.create_bucket(Bucket=bucket)
+    else:
+        world.fixes["bucket"] = lambda: s3.create_bucket(Bucket=bucket) and None
 
 
+#: Scenarios whose lake is on S3 (the nightly lake), with the AWS CLI's copy in their commands.
+ON_S3 = frozenset({"quarantine", "databricks"})
 SCENARIOS: dict[str, tuple[SimulatorConfig, Callable[[World], None]]] = {
     "morning": (
         SimulatorConfig(
@@ -208,19 +221,13 @@ def test_the_runbook_section_runs_as_written(
     blocks = [b for b in runbook_blocks() if b.scenario == scenario]
     assert blocks, f"the runbook has no block for {scenario}"
     if scenario == "s3-broken":
-        world = _world(
-            tmp_path,
-            stack,
-            SimulatorConfig(api_key=API_KEY),
-            AWS_ENDPOINT_URL=s3_endpoint,
-            AWS_ACCESS_KEY_ID="testing",
-            AWS_SECRET_ACCESS_KEY="testing",
-            AWS_DEFAULT_REGION="us-east-1",
-        )
-        _s3_broken(world, s3_endpoint)
+        world = _world(tmp_path, stack, SimulatorConfig(api_key=API_KEY))
+        _s3_lake(world, s3_endpoint, create=False)
     else:
         config, arrange = SCENARIOS[scenario]
         world = _world(tmp_path, stack, config)
+        if scenario in ON_S3:
+            _s3_lake(world, s3_endpoint, create=True)
         arrange(world)
     for block in blocks:
         if block.fixed is not None:
@@ -232,7 +239,11 @@ def test_the_runbook_section_runs_as_written(
         if block.shows is not None:
             assert block.shows in done.stdout + done.stderr, f"{scenario}: {done.stdout}"
         assert API_KEY not in done.stdout + done.stderr
+        assert NEW_KEY not in done.stdout + done.stderr
     assert not world.fixes, f"fixes never applied: {sorted(world.fixes)}"
+    if scenario == "plan-limit":  # the ticker is gone from the real two-column file, and only it
+        tickers = (world.root / "config" / "tickers.csv").read_text()
+        assert tickers == "symbol,name\nAAPL,Apple\n"
 
 
 def test_workspace_commands_name_jobs_and_targets_the_bundle_has() -> None:
