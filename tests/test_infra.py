@@ -27,6 +27,7 @@ from __future__ import annotations
 import datetime as dt
 import importlib
 import json
+import re
 import urllib.request
 import uuid
 from collections.abc import Callable, Iterator
@@ -171,15 +172,38 @@ def test_bucket_policy_refuses_plain_http_and_other_encryption(template: dict[st
         {"Fn::GetAtt": ["LakeBucket", "Arn"]},
         {"Fn::Sub": "${LakeBucket.Arn}/*"},
     ]
-    # With a KMS key: an upload that names another encryption, never one that names none.
-    [kms] = [s for s in statements if "Fn::If" in s]
-    condition, deny, otherwise = kms["Fn::If"]
-    assert (condition, otherwise) == ("UseKms", {"Ref": "AWS::NoValue"})
-    assert (deny["Effect"], deny["Action"]) == ("Deny", "s3:PutObject")
-    assert deny["Condition"] == {
+    # With a KMS key: an upload that names another encryption or another key, never one that
+    # names none.
+    kms = [s["Fn::If"] for s in statements if "Fn::If" in s]
+    assert [(condition, otherwise) for condition, _, otherwise in kms] == [
+        ("UseKms", {"Ref": "AWS::NoValue"})
+    ] * 2
+    denies = {deny["Sid"]: deny for _, deny, _ in kms}
+    for deny in denies.values():
+        assert (deny["Effect"], deny["Action"]) == ("Deny", "s3:PutObject")
+    assert denies["DenyUploadsEncryptedOtherwise"]["Condition"] == {
         "Null": {"s3:x-amz-server-side-encryption": "false"},
         "StringNotEquals": {"s3:x-amz-server-side-encryption": "aws:kms"},
     }
+    assert denies["DenyUploadsUnderAnotherKey"]["Condition"] == {
+        "Null": {"s3:x-amz-server-side-encryption-aws-kms-key-id": "false"},
+        "StringNotEquals": {"s3:x-amz-server-side-encryption-aws-kms-key-id": {"Ref": "KmsKeyArn"}},
+    }
+
+
+def test_the_checkpoint_prefix_can_never_hold_or_sit_inside_the_lake(
+    template: dict[str, Any],
+) -> None:
+    lake = re.compile(template["Parameters"]["LakePrefix"]["AllowedPattern"])
+    checkpoints = re.compile(template["Parameters"]["CheckpointPrefix"]["AllowedPattern"])
+    for good in ("fmp", "market/fmp", "data.v2/fmp_raw"):
+        assert lake.fullmatch(good), good
+    for bad in ("_checkpoints", "_ck/fmp", "/fmp", "fmp/", ""):
+        assert not lake.fullmatch(bad), bad
+    assert checkpoints.fullmatch("_checkpoints")
+    # Inside the lake, above it, nested, or not marked: all refused.
+    for bad in ("fmp/_ck", "market", "_ck/nested", "checkpoints", "_"):
+        assert not checkpoints.fullmatch(bad), bad
 
 
 def test_quarantine_expiry_covers_exactly_what_the_ingester_quarantines(
