@@ -224,3 +224,21 @@ def test_the_schema_check_rejects_a_broken_workflow(tmp_path: Path) -> None:
     )
     assert done.returncode == 1, done.stdout + done.stderr
     assert "timeout-minutes" in done.stdout + done.stderr
+
+
+def test_the_steps_after_the_ingest_run_when_they_should() -> None:
+    """The conditions GitHub evaluates (not run here): status after any ingest that ran except a
+    dry run, not after a cancel; the artifact always; the webhook for status only after an ingest
+    that passed (a failed one has posted already); the ingest under the job's time limit."""
+    workflow = yaml.safe_load(NIGHTLY.read_text())
+    steps = nightly_steps()
+    status_if = steps["status"]["if"]
+    for clause in ("!cancelled()", "steps.ingest.outcome != 'skipped'", "inputs.dry_run != true"):
+        assert clause in status_if, status_if
+    assert (
+        "steps.ingest.outcome == 'success'" in steps["status"]["env"]["STOCK_PIPELINE_WEBHOOK_URL"]
+    )
+    assert steps["upload the manifest, the metrics and the status report"]["if"] == (
+        "${{ always() }}"
+    )
+    assert steps["ingest"]["timeout-minutes"] < workflow["jobs"]["ingest"]["timeout-minutes"]
