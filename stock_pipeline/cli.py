@@ -360,6 +360,8 @@ async def _execute(
 def _alert(notify_url: str | None, text: str, secret: str | None) -> None:
     """Post `text` to the team's webhook and mail it, where they are set up; either failing is
     only logged."""
+    if not notify_url and not os.environ.get("STOCK_PIPELINE_SMTP_HOST"):
+        return
     from stock_pipeline.notify import SmtpSettings, post_webhook, send_email
 
     delay = _env_float("STOCK_PIPELINE_RETRY_BASE_DELAY", 1.0)

@@ -24,9 +24,13 @@ import urllib.request
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
 from email.message import EmailMessage
+from typing import TYPE_CHECKING
 
-from stock_pipeline.pipeline import RunReport
 from stock_pipeline.redaction import redact
+
+# Only for annotations: `status` alerts without loading the HTTP client and the data frames.
+if TYPE_CHECKING:
+    from stock_pipeline.pipeline import RunReport
 
 __all__ = [
     "WEBHOOK_ENV",
