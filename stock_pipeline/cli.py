@@ -77,7 +77,8 @@ __all__ = ["app", "ingest_main", "main"]
 log = logging.getLogger("stock_pipeline")
 # Off a terminal (cron logs, CI) rich would wrap the summary at 80 columns; give it room.
 out = Console(width=None if sys.stdout.isatty() else 160)
-err = Console(stderr=True)
+# Errors are not wrapped: a path or a URL in a message stays whole in logs and job summaries.
+err = Console(stderr=True, soft_wrap=True)
 
 app = typer.Typer(
     name="stock-pipeline",
@@ -729,11 +730,38 @@ BackfillOption = Annotated[
 ]
 
 
+#: `ingest` parses the number itself, so that a bad value (a workflow's free-text input) is
+#: reported in the run's summary and alert like every other refused input.
+BackfillText = Annotated[
+    str | None,
+    typer.Option(
+        "--backfill-days",
+        metavar="N",
+        help="The N most recent completed NYSE sessions ending at --end.",
+        show_default=False,
+    ),
+]
+
+
+def _parse_backfill(value: str | None) -> int | None:
+    if not value:
+        return None
+    try:
+        days = int(value)
+    except ValueError:
+        days = 0
+    if days < 1:
+        raise ConfigError(
+            f"--backfill-days {value!r} must be a whole number of sessions, 1 or more"
+        )
+    return days
+
+
 @app.command()
 def ingest(
     tickers_path: TickersOption = DEFAULT_TICKERS_PATH,
     lake: LakeOption = DEFAULT_LAKE,
-    backfill_days: BackfillOption = None,
+    backfill_days: BackfillText = None,
     start: Annotated[
         str | None, typer.Option("--start", help="First day, YYYY-MM-DD (inclusive).")
     ] = None,
@@ -852,7 +880,7 @@ def ingest(
             lake=lake,
             start=_parse_date("--start", start),
             end=_parse_date("--end", end),
-            backfill_days=backfill_days,
+            backfill_days=_parse_backfill(backfill_days),
             datasets=parse_datasets(datasets),
             period=period,
             rate_limit=rate_limit,

@@ -55,7 +55,8 @@ class RunStatus:
     sessions: str
     rows: int
     failures: int
-    #: How many failures of each reason (`server_error`, `rate_limited`, `plan`, ...).
+    #: How many failures of each reason, as the manifest names them (`FmpServerError`,
+    #: `FmpPlanError`, `FmpAuthError`, ...).
     failure_reasons: dict[str, int] = field(default_factory=dict)
 
 

@@ -7,6 +7,7 @@ import json
 from pathlib import Path
 
 import boto3
+import pytest
 from prometheus_client.parser import text_string_to_metric_families
 from typer.testing import CliRunner
 
@@ -85,6 +86,16 @@ def test_a_start_and_a_backfill_together_are_refused_with_a_summary(tmp_path: Pa
     summary = (tmp_path / "summary.md").read_text()
     assert "could not start" in summary
     assert "--backfill-days" in summary
+
+
+@pytest.mark.parametrize("days", ["abc", "0", "-3", "2.5"])
+def test_a_bad_backfill_from_a_workflow_input_is_summarised(tmp_path: Path, days: str) -> None:
+    code, output = ingest(tmp_path, "--lake", str(tmp_path / "lake"), "--backfill-days", days)
+    assert code == ExitCode.USAGE
+    assert "must be a whole number of sessions, 1 or more" in output
+    summary = (tmp_path / "summary.md").read_text()
+    assert f"could not start: --backfill-days {days!r} must be a whole number" in summary
+    assert exit_code_metric(tmp_path) == 2
 
 
 def test_a_partial_run_lists_twenty_failures_and_counts_the_rest(tmp_path: Path) -> None:

@@ -157,6 +157,17 @@ def test_a_dispatched_backfill_takes_its_inputs_and_a_stale_lake_is_announced(
     assert "2025-03-14" in github.summary.read_text()
 
 
+def test_a_lake_status_cannot_read_says_why_in_the_job_summary(tmp_path: Path) -> None:
+    with SimulatorThread(SimulatorConfig(api_key=API_KEY)) as sim:
+        github = Runner(tmp_path, sim.url, tmp_path / "no-lake-here")
+        status = github.run("status")
+    assert status.returncode == 2, status.stdout + status.stderr
+    assert "no lake at" in status.stderr  # the step's log keeps the message too
+    summary = github.summary.read_text()
+    assert "### stock-pipeline status: exit 2" in summary
+    assert f"no lake at {tmp_path / 'no-lake-here'}" in summary.replace("\n", " ")
+
+
 def test_a_dispatched_dry_run_plans_and_writes_nothing(tmp_path: Path) -> None:
     lake = tmp_path / "lake"
     with SimulatorThread(SimulatorConfig(api_key=API_KEY)) as sim:
