@@ -361,8 +361,6 @@ async def _execute(
 def _alert(notify_url: str | None, text: str, secret: str | None) -> None:
     """Post `text` to the team's webhook and mail it, where they are set up; either failing is
     only logged."""
-    if not notify_url and not os.environ.get("STOCK_PIPELINE_SMTP_HOST"):
-        return
     from stock_pipeline.notify import SmtpSettings, post_webhook, send_email
 
     delay = _env_float("STOCK_PIPELINE_RETRY_BASE_DELAY", 1.0)
@@ -385,7 +383,7 @@ class _Outcome:
     plan: Plan | None = None
     lake: Lake | None = None
     run_id: str | None = None
-    #: Why the run could not start or did not finish, as the alert said it.
+    #: Why the run could not start or did not finish (what the alert and the summary say).
     problem: str | None = None
     #: What a run that had nothing to fetch said instead.
     note: str | None = None
@@ -410,37 +408,48 @@ def run_command(
     outcome = _Outcome()
     code: int = ExitCode.PARTIAL
     try:
-        code = _run_command(settings, dry_run, started, notify_url, outcome)
+        code = _run_command(settings, dry_run, started, outcome)
         return code
     except typer.Exit as stop:
         code = stop.exit_code
         raise
     finally:
-        _write_run_files(
+        _finish_run(
             outcome,
             code,
             dry_run=dry_run,
             started=started,
             secret=settings.api_key,
+            notify_url=notify_url,
             metrics_file=metrics_file,
             summary_file=summary_file,
             save_manifest=save_manifest,
         )
 
 
-def _write_run_files(
+def _finish_run(
     outcome: _Outcome,
     code: int,
     *,
     dry_run: bool,
     started: dt.datetime,
     secret: str | None,
+    notify_url: str | None,
     metrics_file: Path | None,
     summary_file: Path | None,
     save_manifest: Path | None,
 ) -> None:
-    """The summary, the manifest's copy and the metrics, each on its own: one that cannot be
-    written is logged and keeps neither the others nor the exit code from their course."""
+    """After a run, whichever way it ended: the alert for one that could not start, failed or
+    ended partial; then the summary, the manifest's copy and the metrics, each on its own (one
+    that cannot be written is logged and keeps neither the others nor the exit code from their
+    course)."""
+    if not dry_run:
+        if outcome.report is not None and outcome.report.exit_code != ExitCode.OK:
+            from stock_pipeline.notify import run_message
+
+            _alert(notify_url, run_message(outcome.report, secret), secret)
+        elif outcome.report is None and outcome.problem is not None:
+            _alert(notify_url, outcome.problem, secret)
     if summary_file is not None:
         _append_summary(summary_file, outcome, code, dry_run, secret)
     if save_manifest is not None and not dry_run:
@@ -506,11 +515,7 @@ def _save_manifest(path: Path, outcome: _Outcome) -> None:
 
 
 def _run_command(
-    settings: Settings,
-    dry_run: bool,
-    started: dt.datetime,
-    notify_url: str | None,
-    outcome: _Outcome,
+    settings: Settings, dry_run: bool, started: dt.datetime, outcome: _Outcome
 ) -> ExitCode:
     secret = settings.api_key
     try:
@@ -595,8 +600,6 @@ def _run_command(
         outcome.plan = plan
     except StockPipelineError as error:
         outcome.problem = f"stock_pipeline ingest could not start: {error}"
-        if not dry_run:
-            _alert(notify_url, outcome.problem, secret)
         raise _fail(error, ExitCode.USAGE, secret) from None
     if dry_run:
         _print_plan(plan, settings, filings_span)
@@ -613,18 +616,12 @@ def _run_command(
         raise typer.Exit(130) from None
     except FmpAuthError as error:
         outcome.problem = f"stock_pipeline ingest aborted: {error}"
-        _alert(notify_url, outcome.problem, secret)
         raise _fail(f"{error}; the run was aborted", ExitCode.AUTH, secret) from None
     except StockPipelineError as error:
         outcome.problem = f"stock_pipeline ingest failed: {error}"
-        _alert(notify_url, outcome.problem, secret)
         raise _fail(error, error.exit_code, secret) from None
     outcome.report = report
     _print_summary(report)
-    if report.exit_code != ExitCode.OK:
-        from stock_pipeline.notify import run_message
-
-        _alert(notify_url, run_message(report, secret), secret)
     return report.exit_code
 
 
@@ -680,17 +677,10 @@ def _env_float(name: str, default: float) -> float:
         raise _fail(message, ExitCode.USAGE, None) from None
 
 
-def _checked_settings(**values: Any) -> Settings:
-    """Settings from option values; Settings itself checks the choices (period, prices source)
-    and raises ConfigError."""
-    return Settings(**values)
-
-
 def _settings(**values: Any) -> Settings:
-    try:
-        return Settings(**values)
-    except StockPipelineError as error:
-        raise _fail(error, ExitCode.USAGE, values.get("api_key")) from None
+    """Settings from option values as typer gives them (plain strings): Settings itself checks
+    the choices (period, prices source) and raises ConfigError."""
+    return Settings(**values)
 
 
 TickersOption = Annotated[
@@ -875,7 +865,7 @@ def ingest(
     started = dt.datetime.now(dt.UTC)
     try:
         _check_notify_url(notify_url)
-        settings = _checked_settings(
+        settings = _settings(
             tickers_path=tickers_path,
             lake=lake,
             start=_parse_date("--start", start),
@@ -896,18 +886,17 @@ def ingest(
     except StockPipelineError as error:
         # Refused before it started (a workflow's inputs, say): the same summary, metrics and
         # alert as a run that could not start, so the job summary says why.
-        outcome = _Outcome(problem=f"stock_pipeline ingest could not start: {error}")
-        if not dry_run and not isinstance(error, NotifyUrlError):
-            _alert(notify_url, outcome.problem or "", api_key)
-        _write_run_files(
-            outcome,
+        _finish_run(
+            _Outcome(problem=f"stock_pipeline ingest could not start: {error}"),
             ExitCode.USAGE,
             dry_run=dry_run,
             started=started,
             secret=api_key,
+            # A URL that is not http(s) is not posted to.
+            notify_url=None if isinstance(error, NotifyUrlError) else notify_url,
             metrics_file=metrics_file,
             summary_file=summary_file,
-            save_manifest=None,
+            save_manifest=save_manifest,
         )
         raise _fail(error, ExitCode.USAGE, api_key) from None
     code = _guarded(
@@ -962,15 +951,18 @@ def demo(
         tickers = tickers_path or stack.enter_context(bundled_tickers())
         simulator = stack.enter_context(SimulatorThread(config))
         out.print(f"FMP simulator listening on {simulator.url}", highlight=False)
-        settings = _settings(
-            tickers_path=tickers,
-            lake=lake,
-            backfill_days=backfill_days,
-            rate_limit=rate_limit,
-            concurrency=16,
-            fmp_base_url=simulator.url,
-            api_key=DEMO_KEY,
-        )
+        try:
+            settings = _settings(
+                tickers_path=tickers,
+                lake=lake,
+                backfill_days=backfill_days,
+                rate_limit=rate_limit,
+                concurrency=16,
+                fmp_base_url=simulator.url,
+                api_key=DEMO_KEY,
+            )
+        except StockPipelineError as error:
+            raise _fail(error, ExitCode.USAGE, DEMO_KEY) from None
         code = _guarded(lambda: run_command(settings, dry_run=False), DEMO_KEY)
     if code in (ExitCode.OK, ExitCode.PARTIAL):
         root = Path(lake).resolve()
