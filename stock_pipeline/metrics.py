@@ -10,6 +10,7 @@ lake last landed whole.
 from __future__ import annotations
 
 import datetime as dt
+from collections import Counter
 from pathlib import Path
 from typing import TYPE_CHECKING
 
@@ -99,10 +100,7 @@ def write_metrics(
         failures = gauge(
             "run_failures", "Last run: failures per dataset and reason.", ("dataset", "reason")
         )
-        counted: dict[tuple[str, str], int] = {}
-        for failure in report.failures:
-            key = (failure.dataset, failure.reason)
-            counted[key] = counted.get(key, 0) + 1
+        counted = Counter((failure.dataset, failure.reason) for failure in report.failures)
         for (dataset, reason), count in sorted(counted.items()):
             failures.labels(dataset, reason).set(count)
     path.parent.mkdir(parents=True, exist_ok=True)

@@ -33,7 +33,6 @@ if TYPE_CHECKING:
     from stock_pipeline.pipeline import RunReport
 
 __all__ = [
-    "WEBHOOK_ENV",
     "SmtpSettings",
     "post_webhook",
     "run_markdown",
@@ -43,7 +42,6 @@ __all__ = [
 
 log = logging.getLogger(__name__)
 
-WEBHOOK_ENV = "STOCK_PIPELINE_WEBHOOK_URL"
 ATTEMPTS = 4
 BASE_DELAY_SECONDS = 1.0
 TIMEOUT_SECONDS = 10.0
