@@ -12,7 +12,6 @@ from typing import TYPE_CHECKING, Any
 
 import boto3
 import pytest
-from moto.server import ThreadedMotoServer
 
 from stock_pipeline import market_calendar
 from stock_pipeline.lake import LocalLake
@@ -22,7 +21,7 @@ from tests.medallion_lake import MedallionLake, write_run_1, write_run_2
 if TYPE_CHECKING:
     from mypy_boto3_s3 import S3Client
 
-from tests.support import API_KEY
+from tests.support import API_KEY, moto_server
 
 _ENV = (
     "FMP_API_KEY",
@@ -57,19 +56,16 @@ def clean_environment(monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
 @pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A moto S3 server speaking real HTTP on 127.0.0.1, for the whole test session."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    endpoint = f"http://{host}:{port}"
-    # moto imports its S3 backend on the first request. Doing that now, before any test runs,
-    # keeps the import from racing the main thread's own imports (CPython 3.11's parser is not
-    # safe to use from two threads at once: "AST constructor recursion depth mismatch").
-    boto3.client(
-        "s3", endpoint_url=endpoint, region_name="us-east-1",
-        aws_access_key_id="testing", aws_secret_access_key="testing",
-    ).list_buckets()  # fmt: skip
-    yield endpoint
-    server.stop()
+    with moto_server() as endpoint:
+        # moto imports its S3 backend on the first request. Doing that now, before any test
+        # runs, keeps the import from racing the main thread's own imports (CPython 3.11's parser
+        # is not safe to use from two threads at once: "AST constructor recursion depth
+        # mismatch").
+        boto3.client(
+            "s3", endpoint_url=endpoint, region_name="us-east-1",
+            aws_access_key_id="testing", aws_secret_access_key="testing",
+        ).list_buckets()  # fmt: skip
+        yield endpoint
 
 
 @pytest.fixture

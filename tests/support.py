@@ -4,8 +4,12 @@ from __future__ import annotations
 
 import json
 import threading
+from collections.abc import Iterator
+from contextlib import contextmanager
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
+
+from moto.server import ThreadedMotoServer
 
 API_KEY = "test-key-0123456789abcdef"
 REPO = Path(__file__).resolve().parents[1]
@@ -62,3 +66,16 @@ class Receiver:
     def __exit__(self, *exc: object) -> None:
         self.server.shutdown()
         self.server.server_close()
+
+
+@contextmanager
+def moto_server() -> Iterator[str]:
+    """A moto server speaking real HTTP on 127.0.0.1, stopped on exit: its endpoint URL. (moto's
+    state is the process's, shared by every server.)"""
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
+    server.start()
+    try:
+        host, port = server.get_host_and_port()
+        yield f"http://{host}:{port}"
+    finally:
+        server.stop()

@@ -43,7 +43,6 @@ from cfnlint.api import lint_file
 from cfnlint.config import ManualArgs
 from cfnlint.decode import decode
 from cfnlint.helpers import REGIONS
-from moto.server import ThreadedMotoServer
 from typer.testing import CliRunner
 
 from stock_pipeline.cli import app
@@ -51,7 +50,7 @@ from stock_pipeline.datasets import DATASETS
 from stock_pipeline.errors import ExitCode
 from stock_pipeline.lake import partition_path
 from stock_pipeline.simulator import Fault, SimulatorConfig, SimulatorThread
-from tests.support import API_KEY, REPO, write_tickers
+from tests.support import API_KEY, REPO, moto_server, write_tickers
 
 TEMPLATE = REPO / "infra" / "lake.yaml"
 REGION = "us-east-1"
@@ -257,11 +256,8 @@ class Aws:
 @pytest.fixture(scope="module")
 def aws() -> Iterator[Aws]:
     """A moto server of this module's own, with the GitHub OIDC provider an account would have."""
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=0, verbose=False)
-    server.start()
-    host, port = server.get_host_and_port()
-    found = Aws(f"http://{host}:{port}")
-    try:
+    with moto_server() as endpoint:
+        found = Aws(endpoint)
         # moto imports a service's code on its first request, and its IAM checks on the first
         # enforced one. Doing both now, from this thread, keeps those imports from racing the
         # test's own (see tests/conftest.py, s3_endpoint).
@@ -277,8 +273,6 @@ def aws() -> Iterator[Aws]:
         iam = found.client("iam")
         for provider in iam.list_open_id_connect_providers()["OpenIDConnectProviderList"]:
             iam.delete_open_id_connect_provider(OpenIDConnectProviderArn=provider["Arn"])
-    finally:
-        server.stop()
 
 
 @dataclass(frozen=True)
