@@ -35,7 +35,7 @@ class Runner:
     """A checkout (the tickers file), a job summary file, and the values GitHub's expressions
     would give the steps' environment."""
 
-    def __init__(self, root: Path, fmp_url: str, lake: Path) -> None:
+    def __init__(self, root: Path, fmp_url: str, lake: Path, webhook: str = "") -> None:
         self.checkout = root / "checkout"
         (self.checkout / "config").mkdir(parents=True)
         write_tickers(self.checkout / "config" / "tickers.csv", "AAPL", "MSFT")
@@ -49,7 +49,8 @@ class Runner:
             "STOCK_PIPELINE_LAKE": str(lake),
             "FMP_RATE_LIMIT": "6000",
             "STOCK_PIPELINE_SHARD": "1/1",
-            "STOCK_PIPELINE_WEBHOOK_URL": "",
+            # The secret, when a test sets one up (unset, GitHub renders it empty).
+            "STOCK_PIPELINE_WEBHOOK_URL": webhook,
         }
 
     def run(self, name: str, **values: str) -> subprocess.CompletedProcess[str]:
@@ -92,8 +93,7 @@ def test_a_scheduled_night_catches_up_reports_and_keeps_its_run(
 ) -> None:
     lake = tmp_path / "lake"
     with SimulatorThread(SimulatorConfig(api_key=API_KEY)) as sim:
-        github = Runner(tmp_path, sim.url, lake)
-        github.expressions["STOCK_PIPELINE_WEBHOOK_URL"] = receiver.url
+        github = Runner(tmp_path, sim.url, lake, webhook=receiver.url)
         ingest = github.run("ingest")
         assert ingest.returncode == 0, ingest.stdout + ingest.stderr
         status = github.run("status")
@@ -134,8 +134,7 @@ def test_a_dispatched_backfill_takes_its_inputs_and_a_stale_lake_is_announced(
 ) -> None:
     lake = tmp_path / "lake"
     with SimulatorThread(SimulatorConfig(api_key=API_KEY)) as sim:
-        github = Runner(tmp_path, sim.url, lake)
-        github.expressions["STOCK_PIPELINE_WEBHOOK_URL"] = receiver.url
+        github = Runner(tmp_path, sim.url, lake, webhook=receiver.url)
         ingest = github.run(
             "ingest",
             INPUT_START="2025-03-03",
@@ -190,8 +189,7 @@ def test_a_rejected_key_fails_the_job_says_why_and_leaks_nothing(
 ) -> None:
     lake = tmp_path / "lake"
     with SimulatorThread(SimulatorConfig(api_key="another-key")) as sim:
-        github = Runner(tmp_path, sim.url, lake)
-        github.expressions["STOCK_PIPELINE_WEBHOOK_URL"] = receiver.url
+        github = Runner(tmp_path, sim.url, lake, webhook=receiver.url)
         ingest = github.run("ingest", INPUT_END="2025-03-14", INPUT_BACKFILL_DAYS="3")
     assert ingest.returncode == 3, ingest.stdout + ingest.stderr
     summary = github.summary.read_text()
